@@ -1,0 +1,22 @@
+""" bokeh_memwatch: find what keeps Bokeh and Panel server memory alive.
+
+Mount it into any Bokeh server (``bokeh-memwatch serve``, the Panel plugin
+``bokeh_memwatch.panel``, or :func:`memwatch_server` / :class:`MemWatch` for
+embedded servers) and ask ``{prefix}/memwatch/api/`` how many sessions,
+Documents and Models are alive, which Documents outlived their session, and
+what keeps each one alive.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .core import MemWatch, MemwatchOptions, options_from_env  # noqa: E402
+from .server import memwatch_server  # noqa: E402
+
+__all__ = (
+    "MemWatch",
+    "MemwatchOptions",
+    "__version__",
+    "memwatch_server",
+    "options_from_env",
+)

@@ -1,0 +1,77 @@
+""" Every use of a private Bokeh internal, in one place.
+
+memwatch prefers Bokeh's public API (Application handlers, ApplicationContext
+.sessions, ServerSession properties).  The few things that have no public
+accessor live here, and ``tests/test_bokeh_internals.py`` fails loudly when
+an upgrade of Bokeh changes any of them.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from bokeh.server.tornado import BokehTornado
+
+if TYPE_CHECKING:
+    from bokeh.server.server import BaseServer
+
+log = logging.getLogger(__name__)
+
+__all__ = (
+    "on_tornado_start",
+    "server_settings",
+    "tornado_app_of",
+)
+
+_start_hooks: list[Callable[[BokehTornado], None]] = []
+
+
+def tornado_app_of(server: BaseServer) -> BokehTornado:
+    """ The BokehTornado application behind a ``bokeh.server.server.Server``
+    (``Server`` has no public accessor for it). """
+    app = server._tornado
+    if not isinstance(app, BokehTornado):
+        raise TypeError(f"expected Server._tornado to be a BokehTornado, got {type(app).__name__}")
+    return app
+
+
+def server_settings(app: BokehTornado) -> dict[str, Any]:
+    """ The server's session-lifetime settings, which BokehTornado keeps in
+    private attributes. """
+    return {
+        "check_unused_sessions_ms": app._check_unused_sessions_milliseconds,
+        "unused_session_lifetime_ms": app._unused_session_lifetime_milliseconds,
+        "keep_alive_ms": app._keep_alive_milliseconds,
+        "mem_log_frequency_ms": app._mem_log_frequency_milliseconds,
+        "prefix": app.prefix,
+    }
+
+
+def on_tornado_start(hook: Callable[[BokehTornado], None]) -> None:
+    """ Call ``hook(app)`` right after every ``BokehTornado.start()``.
+
+    ``BokehTornado.start`` runs once per server, in each worker after a
+    ``--num-procs`` fork, on the server's IOLoop.  Panel's ``--plugins``
+    mechanism gives a plugin module its import and nothing else, so this is
+    how the Panel plugin learns that the server started.  The method is
+    wrapped once; the wrapper calls the original first and isolates hook
+    failures.
+    """
+    if not getattr(BokehTornado.start, "_memwatch_wrapped", False):
+        original = BokehTornado.start
+
+        @functools.wraps(original)
+        def start(self: BokehTornado) -> None:
+            original(self)
+            for each in list(_start_hooks):
+                try:
+                    each(self)
+                except Exception:
+                    log.exception("memwatch start hook %r failed", each)
+
+        start._memwatch_wrapped = True  # type: ignore[attr-defined]
+        BokehTornado.start = start  # type: ignore[method-assign]
+    if hook not in _start_hooks:
+        _start_hooks.append(hook)

@@ -1,0 +1,186 @@
+""" The ``bokeh-memwatch`` command.
+
+``bokeh-memwatch serve APP... [any bokeh serve option]`` is Bokeh's own
+``serve`` subcommand (every option, same behaviour) with memwatch mounted at
+``{prefix}/memwatch`` and a few ``--memwatch-*`` options of its own, plus
+``--extra-patterns MODULE[:ATTR]`` to mount any module's Tornado routes.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import tracemalloc
+from collections.abc import Sequence
+from typing import Any
+
+from bokeh.command.subcommand import Argument
+from bokeh.command.subcommands.serve import Serve
+from bokeh.command.util import die
+
+from . import __version__
+from .core import MemWatch, MemwatchOptions, options_from_env
+
+log = logging.getLogger(__name__)
+
+__all__ = (
+    "MemwatchServe",
+    "load_patterns",
+    "main",
+)
+
+_DEFAULTS = MemwatchOptions()
+
+
+def load_patterns(spec: str) -> list[tuple[Any, ...]]:
+    """ Import ``MODULE[:ATTR]`` and return its Tornado routes (``ATTR``
+    defaults to ``ROUTES``, the name Panel's ``--plugins`` uses). """
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "ROUTES"
+    if not module_name:
+        raise ValueError(f"--extra-patterns needs MODULE[:ATTR], got {spec!r}")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--extra-patterns: cannot import {module_name!r}: {e}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    try:
+        routes = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"--extra-patterns: module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(routes, (list, tuple)) or not all(
+        isinstance(r, (list, tuple)) and len(r) in (2, 3) and isinstance(r[0], str) for r in routes
+    ):
+        raise ValueError(
+            f"--extra-patterns: {spec} must be a list of (pattern, handler[, kwargs]) tuples"
+        )
+    return [tuple(r) for r in routes]
+
+
+class MemwatchServe(Serve):
+    """ ``bokeh serve`` with memwatch mounted. """
+
+    name = "serve"
+    help = "Run a Bokeh server (every 'bokeh serve' option) with memwatch at {prefix}/memwatch"
+
+    args = (  # type: ignore[assignment]  # Serve.args is typed as its exact tuple
+        *Serve.args,
+        ("--extra-patterns", Argument(
+            metavar="MODULE[:ATTR]",
+            action="append",
+            help="Mount the Tornado routes in MODULE.ATTR (default ATTR: ROUTES); repeatable",
+        )),
+        ("--memwatch-interval", Argument(
+            metavar="MS", type=int, default=None,
+            help=f"Milliseconds between samples (default: {_DEFAULTS.interval_ms})",
+        )),
+        ("--memwatch-history", Argument(
+            metavar="SECONDS", type=int, default=None,
+            help=f"Seconds of history kept in memory (default: {_DEFAULTS.history_s})",
+        )),
+        ("--memwatch-orphan-grace", Argument(
+            metavar="MS", type=int, default=None,
+            help="How long a Document may outlive its session before it counts as an orphan "
+                 f"(default: {_DEFAULTS.orphan_grace_ms})",
+        )),
+        ("--memwatch-chain-timeout", Argument(
+            metavar="SECONDS", type=float, default=None,
+            help=f"Longest a 'why alive' search may run (default: {_DEFAULTS.chain_timeout_s:g})",
+        )),
+        ("--memwatch-allow-remote", Argument(
+            action="store_true",
+            help="Answer non-loopback clients when the server has no authentication",
+        )),
+        ("--memwatch-tracemalloc", Argument(
+            metavar="FRAMES", type=int, default=None,
+            help="Start tracemalloc with this many frames before the apps are loaded",
+        )),
+    )
+
+    memwatch: MemWatch | None = None
+
+    def options(self, args: argparse.Namespace) -> MemwatchOptions:
+        overrides = options_from_env()
+        for flag, field in (
+            ("memwatch_interval", "interval_ms"),
+            ("memwatch_history", "history_s"),
+            ("memwatch_orphan_grace", "orphan_grace_ms"),
+            ("memwatch_chain_timeout", "chain_timeout_s"),
+        ):
+            value = getattr(args, flag, None)
+            if value is not None:
+                overrides[field] = value
+        if getattr(args, "memwatch_allow_remote", False):
+            overrides["allow_remote"] = True
+        return MemwatchOptions(**overrides)
+
+    def invoke(self, args: argparse.Namespace) -> None:
+        frames = getattr(args, "memwatch_tracemalloc", None)
+        if frames is not None:
+            if frames < 1:
+                die("--memwatch-tracemalloc needs a number of frames >= 1")
+            tracemalloc.start(frames)
+        try:
+            self.memwatch = MemWatch(self.options(args))
+            self._extra = [r for spec in (args.extra_patterns or []) for r in load_patterns(spec)]
+        except ValueError as e:
+            die(str(e))
+        super().invoke(args)
+
+    def customize_applications(self, args: argparse.Namespace, applications: dict[str, Any]) -> dict[str, Any]:
+        applications = super().customize_applications(args, applications)
+        assert self.memwatch is not None
+        return dict(self.memwatch.instrument(applications))
+
+    def customize_kwargs(self, args: argparse.Namespace, server_kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs = super().customize_kwargs(args, server_kwargs)
+        assert self.memwatch is not None
+        kwargs["extra_patterns"] = [*(kwargs.get("extra_patterns") or []), *self._extra, *self.memwatch.patterns()]
+        return kwargs
+
+    def customize_server(self, server: Any) -> Any:
+        from ._bokeh_internals import tornado_app_of
+
+        server = super().customize_server(server)
+        assert self.memwatch is not None
+        self.memwatch.note_tornado_app(tornado_app_of(server))
+        return server
+
+
+SUBCOMMANDS = (MemwatchServe,)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """ Entry point of the ``bokeh-memwatch`` console script. """
+    argv = list(sys.argv if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="bokeh-memwatch",
+        description="Find what keeps Bokeh and Panel server memory alive.",
+        epilog="See 'bokeh-memwatch <command> --help' for a command's options.",
+    )
+    parser.add_argument("-v", "--version", action="version", version=__version__)
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subs.required = True
+    for cls in SUBCOMMANDS:
+        subparser = subs.add_parser(cls.name, help=cls.help)
+        subcommand = cls(parser=subparser)
+        subparser.set_defaults(invoke=subcommand.invoke)
+    args = parser.parse_args(argv[1:])
+    try:
+        result = args.invoke(args)
+    except Exception as e:
+        die(str(e))
+    if result is False:
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

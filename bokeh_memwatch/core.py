@@ -1,0 +1,458 @@
+""" The MemWatch object: the one place that knows every layer.
+
+It owns, per process, the session tracker, the sample store, the sampler and
+the heap worker, and wires them into a Bokeh server in any of three ways:
+
+* ``bokeh-memwatch serve``: :meth:`MemWatch.instrument` before the server is
+  built and :meth:`MemWatch.patterns` as ``extra_patterns``;
+* ``Server(apps, extra_patterns=...)``: the same two calls, or the one-call
+  helper :func:`bokeh_memwatch.memwatch_server`;
+* ``panel serve --plugins bokeh_memwatch.panel``: :meth:`MemWatch.attach` to
+  the running server.
+
+Everything it reports is computed from weak references and counters; the
+heavy questions (why is this Document alive?) run in a forked child so the
+IOLoop keeps serving.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from bokeh.application import Application
+from bokeh.application.handlers.function import FunctionHandler
+
+from . import chains
+from .collectors import Collector, ProcessCollector, default_collectors
+from .heapwork import HeapWorker
+from .instrument import MemwatchAppHandler
+from .sampler import Sampler
+from .store import SampleStore
+from .tracker import LiveSession, SessionTracker, source_bytes
+
+if TYPE_CHECKING:
+    from bokeh.application.application import ServerContext
+    from bokeh.document import Document
+    from bokeh.server.contexts import ApplicationContext
+    from bokeh.server.server import BaseServer
+    from bokeh.server.tornado import BokehTornado
+    from tornado.ioloop import IOLoop
+
+log = logging.getLogger(__name__)
+
+__all__ = (
+    "MemWatch",
+    "MemwatchOptions",
+    "UnknownSession",
+    "options_from_env",
+)
+
+
+class UnknownSession(LookupError):
+    """ No session with that id was ever seen (or it was forgotten). """
+
+
+@dataclass(frozen=True)
+class MemwatchOptions:
+    """ Settings of one MemWatch; every one is also a ``--memwatch-*`` option.
+
+    Attributes:
+        interval_ms: time between samples.
+        history_s: how much history the in-memory store keeps.
+        orphan_grace_ms: how long a Document may outlive its session before
+            it counts as an orphan (it also needs a full gc collection).
+        allow_remote: answer non-loopback clients when no Bokeh auth is set.
+        chain_timeout_s: longest a "why alive" search may run.
+        chain_max_depth: longest reference chain searched.
+        chain_cache_s: how long a chain answer is reused.
+        gc_min_interval_s: least time between two collections asked over HTTP.
+        max_destroyed: destroyed sessions still holding something remembered.
+    """
+
+    interval_ms: int = 5000
+    history_s: int = 24 * 3600
+    orphan_grace_ms: int = 5000
+    allow_remote: bool = False
+    chain_timeout_s: float = 30.0
+    chain_max_depth: int = 25
+    chain_cache_s: float = 60.0
+    gc_min_interval_s: float = 10.0
+    max_destroyed: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("interval_ms", "history_s", "chain_max_depth", "max_destroyed"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("orphan_grace_ms", "chain_cache_s", "gc_min_interval_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.chain_timeout_s <= 0:
+            raise ValueError(f"chain_timeout_s must be > 0, got {self.chain_timeout_s}")
+
+    @property
+    def capacity(self) -> int:
+        return max(1, self.history_s * 1000 // self.interval_ms)
+
+
+class MemWatch:
+    """ Memory diagnostics for one Bokeh server process.
+
+    Args:
+        options: settings; keyword arguments override single fields.
+        collectors: process collectors (default: RSS, gc, tracemalloc); a
+            factory, since they must be made after a ``--num-procs`` fork.
+    """
+
+    def __init__(
+        self,
+        options: MemwatchOptions | None = None,
+        *,
+        collectors: Callable[[], list[Collector]] = default_collectors,
+        **overrides: Any,
+    ) -> None:
+        base = options or MemwatchOptions()
+        self.options = MemwatchOptions(**{**asdict(base), **overrides})
+        self._collector_factory = collectors
+        self.tracker = SessionTracker(
+            grace_s=self.options.orphan_grace_ms / 1000, max_destroyed=self.options.max_destroyed
+        )
+        self.store: SampleStore | None = None
+        self.sampler: Sampler | None = None
+        self.heap_worker = HeapWorker(max_concurrent=1)
+        self._contexts: dict[str, ApplicationContext] = {}
+        self._app_refs: weakref.WeakSet[Application] = weakref.WeakSet()
+        self._io_loop: IOLoop | None = None
+        self._tornado: weakref.ReferenceType[BokehTornado] | None = None
+        self._pid: int | None = None
+        self._started_at: float | None = None
+        self._chain_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._last_gc: float = float("-inf")
+        self._process: ProcessCollector | None = None
+
+    # -- wiring -------------------------------------------------------------
+
+    def patterns(self) -> list[tuple[str, type, dict[str, Any]]]:
+        """ Tornado routes for ``Server(..., extra_patterns=...)``; Bokeh
+        prepends the server's ``--prefix`` to each. """
+        from .views import routes
+
+        return routes(self)
+
+    def instrument(
+        self, applications: Mapping[str, Application | Callable[[Document], None]] | Application | Callable[[Document], None]
+    ) -> dict[str, Application]:
+        """ Add memwatch's handler to every application; returns the
+        applications as the ``{path: Application}`` mapping Bokeh expects. """
+        if callable(applications) and not isinstance(applications, Application):
+            applications = Application(FunctionHandler(applications))
+        if isinstance(applications, Application):
+            applications = {"/": applications}
+        result: dict[str, Application] = {}
+        for path, app in applications.items():
+            if not isinstance(app, Application):
+                app = Application(FunctionHandler(app))
+            self._instrument_one(path, app)
+            result[path] = app
+        return result
+
+    def _instrument_one(self, path: str, app: Application) -> None:
+        if any(isinstance(h, MemwatchAppHandler) and h.listener is self for h in app.handlers):
+            return
+        app.add(MemwatchAppHandler(path, self))
+        self._app_refs.add(app)
+
+    def attach(self, target: BaseServer | BokehTornado) -> None:
+        """ Watch a server that already exists (and may already run): add the
+        handler to its applications and start sampling on its IOLoop. """
+        from bokeh.server.tornado import BokehTornado
+
+        from ._bokeh_internals import tornado_app_of
+
+        app = target if isinstance(target, BokehTornado) else tornado_app_of(target)
+        self._tornado = weakref.ref(app)
+        for path, context in app.applications.items():
+            self._instrument_one(path, context.application)
+            self._contexts[path] = context
+        self.start(app.io_loop)
+
+    # -- the handler's listener protocol -------------------------------------
+
+    def document_created(self, app_path: str, session_id: str, document: Document) -> None:
+        self.tracker.session_created(app_path, session_id, document)
+
+    def session_destroyed(self, app_path: str, session_id: str) -> None:
+        self.tracker.session_destroyed(session_id)
+        self._chain_cache.pop(session_id, None)
+
+    def server_loaded(self, app_path: str, server_context: ServerContext) -> None:
+        context = getattr(server_context, "application_context", None)
+        if context is None:
+            log.warning("memwatch: no application context for %s; sessions will not be sampled", app_path)
+            return
+        self._contexts[app_path] = context
+        self.start(context.io_loop)
+
+    def server_unloaded(self, app_path: str) -> None:
+        self._contexts.pop(app_path, None)
+        if not self._contexts:
+            self.stop()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self, io_loop: IOLoop | None = None) -> None:
+        """ Start sampling (idempotent); call on the server's IOLoop, after
+        any fork. """
+        if self.sampler is not None and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._started_at = time.time()
+        self._io_loop = io_loop
+        collectors = self._collector_factory()
+        self._process = next((c for c in collectors if isinstance(c, ProcessCollector)), None) or ProcessCollector()
+        self.store = SampleStore(self.options.capacity)
+        self.sampler = Sampler(
+            store=self.store,
+            tracker=self.tracker,
+            sessions=self.live_sessions,
+            collectors=collectors,
+            interval_ms=self.options.interval_ms,
+        )
+        self.sampler.start(io_loop)
+        log.info("memwatch sampling every %d ms in process %d", self.options.interval_ms, self._pid)
+
+    def stop(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+
+    @property
+    def running(self) -> bool:
+        return self.sampler is not None and self.sampler.running
+
+    # -- reading the server -------------------------------------------------------
+
+    def live_sessions(self) -> dict[str, list[LiveSession]]:
+        """ The server's sessions per application path, as plain records. """
+        out: dict[str, list[LiveSession]] = {}
+        for path, context in list(self._contexts.items()):
+            items = out[path] = []
+            for session in list(context.sessions):
+                if session.destroyed:
+                    continue
+                items.append(
+                    LiveSession(
+                        session_id=session.id,
+                        document=session.document,
+                        connections=session.connection_count,
+                        ms_since_unsubscribe=session.milliseconds_since_last_unsubscribe,
+                    )
+                )
+        return out
+
+    # -- queries (plain data, for the views) -------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        counts = self.tracker.observe(self.live_sessions())
+        latest = self.store.latest() if self.store is not None else None
+        now = time.time()
+        result: dict[str, Any] = {
+            "pid": os.getpid(),
+            "time": now,
+            "started_at": self._started_at,
+            "uptime_s": None if self._started_at is None else round(now - self._started_at, 3),
+            "rss_bytes": self._rss_bytes(),
+            "traced_bytes": latest.get("traced_bytes") if latest else None,
+        }
+        for key in ("sessions", "connections", "documents", "models", "data_bytes", "orphans",
+                    "pending_orphans", "models_retained"):
+            result[key] = int(counts.totals.get(key, 0))
+        result.update(self.tracker.counters())
+        result["apps"] = {path: {k: int(v) for k, v in app.items()} for path, app in counts.apps.items()}
+        result["sampler"] = self.sampler_state()
+        result["options"] = asdict(self.options)
+        result["server"] = self.server_settings()
+        result["versions"] = versions()
+        return result
+
+    def sampler_state(self) -> dict[str, Any]:
+        sampler, store = self.sampler, self.store
+        return {
+            "running": self.running,
+            "interval_ms": self.options.interval_ms,
+            "ticks": sampler.ticks if sampler else 0,
+            "last_tick_ms": round(sampler.last_tick_ms, 3) if sampler else None,
+            "max_tick_ms": round(sampler.max_tick_ms, 3) if sampler else None,
+            "errors_total": sampler.errors_total if sampler else 0,
+            "failed_collectors": sampler.failed_collectors if sampler else [],
+            "samples": len(store) if store else 0,
+            "capacity": store.capacity if store else self.options.capacity,
+            "store_bytes": store.nbytes() if store else 0,
+        }
+
+    def server_settings(self) -> dict[str, Any]:
+        from ._bokeh_internals import server_settings
+
+        app = self._tornado() if self._tornado is not None else None
+        if app is None:
+            return {}
+        try:
+            return server_settings(app)
+        except Exception:
+            log.warning("memwatch could not read the server settings", exc_info=True)
+            return {}
+
+    def note_tornado_app(self, app: BokehTornado) -> None:
+        """ Remember the server's tornado application (for its settings). """
+        if self._tornado is None or self._tornado() is not app:
+            self._tornado = weakref.ref(app)
+
+    def sessions(self, app: str | None = None) -> list[dict[str, Any]]:
+        self.tracker.observe(self.live_sessions())
+        rows = self.tracker.live_sessions()
+        if app is not None:
+            rows = [row for row in rows if row["app"] == app]
+        rows.sort(key=lambda row: (row["data_bytes"], row["models"]), reverse=True)
+        return rows
+
+    def orphans(self) -> dict[str, list[dict[str, Any]]]:
+        rows = self.tracker.destroyed_holding()
+        return {
+            "orphans": [r for r in rows if r["status"] == "orphan"],
+            "retained_models": [r for r in rows if r["status"] == "models_retained"],
+            "pending": [r for r in rows if r["status"] == "pending"],
+        }
+
+    def history(self, *, since: float | None, limit: int) -> list[dict[str, Any]]:
+        if self.store is None:
+            return []
+        return self.store.query(since=since, limit=limit)
+
+    def collect_garbage(self) -> dict[str, Any]:
+        """ Run one full collection now, at most once per ``gc_min_interval_s``.
+
+        This runs in-process (a collection elsewhere frees nothing here) and
+        costs what Bokeh itself spends at every session destroy.
+        """
+        now = time.monotonic()
+        wait_s = self._last_gc + self.options.gc_min_interval_s - now
+        if wait_s > 0:
+            return {"ran": False, "retry_after_s": round(wait_s, 3)}
+        self._last_gc = now
+        started = time.perf_counter()
+        collected = gc.collect()
+        return {"ran": True, "collected": collected, "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    async def chain(self, session_id: str) -> dict[str, Any]:
+        """ Why is this destroyed session's Document (or Model) still alive?
+
+        Raises UnknownSession for an id never seen, LookupError subclasses
+        for a live or a fully collected session (see the views).
+        """
+        record = self.tracker.find(session_id)
+        if record is None:
+            raise UnknownSession(session_id)
+        if not record.destroyed:
+            raise SessionAlive(session_id)
+        cached = self._chain_cache.get(session_id)
+        if cached is not None and time.monotonic() - cached[0] < self.options.chain_cache_s:
+            return {**cached[1], "cached": True}
+        target_ref, target_type = _chain_target(record.doc_ref, record.alive_models())
+        if target_ref is None:
+            raise SessionCollected(session_id)
+        roots = chains.capture_roots()
+        max_depth, deadline_s = self.options.chain_max_depth, self.options.chain_timeout_s * 0.8
+
+        def search() -> dict[str, Any]:
+            target = target_ref()
+            if target is None:
+                return {"chain": [], "root": None, "complete": False, "reason": "collected before the search"}
+            return chains.find_chain(target, roots=roots, max_depth=max_depth, deadline_s=deadline_s)
+
+        try:
+            outcome = await self.heap_worker.run(search, timeout_s=self.options.chain_timeout_s)
+        finally:
+            del roots
+        result: dict[str, Any] = dict(outcome.value)
+        result.update({
+            "session_id": session_id,
+            "app": record.app,
+            "target": target_type,
+            "text": chains.format_chain(outcome.value),
+            "technique": outcome.technique,
+            "elapsed_s": round(outcome.elapsed_s, 3),
+            "worker_peak_rss_bytes": outcome.child_peak_rss_bytes,
+            "cached": False,
+        })
+        self._chain_cache[session_id] = (time.monotonic(), result)
+        return result
+
+    def _rss_bytes(self) -> int | None:
+        try:
+            return (self._process or ProcessCollector()).rss_bytes()
+        except Exception:
+            return None
+
+
+class SessionAlive(LookupError):
+    """ The session is alive: the server holds its Document, as it should. """
+
+
+class SessionCollected(LookupError):
+    """ Nothing of the session is alive any more. """
+
+
+def _chain_target(doc_ref: weakref.ReferenceType[Any], models: Iterable[Any]) -> tuple[weakref.ReferenceType[Any] | None, str]:
+    if doc_ref() is not None:
+        return doc_ref, "Document"
+    best = max(models, key=source_bytes, default=None)
+    if best is None:
+        return None, ""
+    return weakref.ref(best), type(best).__name__
+
+
+def versions() -> dict[str, str | None]:
+    import bokeh
+    import tornado
+
+    panel = sys.modules.get("panel")
+    return {
+        "python": sys.version.split()[0],
+        "bokeh": bokeh.__version__,
+        "tornado": tornado.version,
+        "panel": getattr(panel, "__version__", None),
+    }
+
+
+ENV_PREFIX = "BOKEH_MEMWATCH_"
+
+
+def options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """ Option overrides from ``BOKEH_MEMWATCH_<FIELD>`` environment variables
+    (``BOKEH_MEMWATCH_INTERVAL_MS=1000``, ``BOKEH_MEMWATCH_ALLOW_REMOTE=1``),
+    for ways in that take no command-line options (the Panel plugin). """
+    from dataclasses import fields
+
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for f in fields(MemwatchOptions):
+        raw = environ.get(ENV_PREFIX + f.name.upper())
+        if raw is None or raw == "":
+            continue
+        kind = type(getattr(MemwatchOptions(), f.name))
+        try:
+            if kind is bool:
+                lowered = raw.strip().lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(raw)
+                out[f.name] = lowered in ("1", "true", "yes", "on")
+            else:
+                out[f.name] = kind(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_PREFIX}{f.name.upper()} must be a {kind.__name__}, got {raw!r}") from None
+    return out

@@ -1,0 +1,43 @@
+""" One call to run an embedded Bokeh server with memwatch mounted. """
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._bokeh_internals import tornado_app_of
+from .core import MemWatch
+
+if TYPE_CHECKING:
+    from bokeh.application import Application
+    from bokeh.document import Document
+    from bokeh.server.server import Server
+
+log = logging.getLogger(__name__)
+
+__all__ = ("memwatch_server",)
+
+
+def memwatch_server(
+    applications: Mapping[str, Application | Callable[[Document], None]] | Application | Callable[[Document], None],
+    *,
+    memwatch: MemWatch | None = None,
+    **server_kwargs: Any,
+) -> Server:
+    """ ``bokeh.server.server.Server(applications, **server_kwargs)`` with
+    memwatch mounted: its routes added to ``extra_patterns``, every
+    application instrumented, sampling from ``server.start()`` on.
+
+    Equivalent to::
+
+        mw = MemWatch()
+        server = Server(mw.instrument(apps), extra_patterns=mw.patterns(), ...)
+    """
+    from bokeh.server.server import Server
+
+    mw = memwatch or MemWatch()
+    apps = mw.instrument(applications)
+    server_kwargs["extra_patterns"] = [*(server_kwargs.get("extra_patterns") or []), *mw.patterns()]
+    server = Server(apps, **server_kwargs)
+    mw.note_tornado_app(tornado_app_of(server))
+    return server

@@ -1,0 +1,268 @@
+""" Shared fixtures: real Bokeh servers on 127.0.0.1, real clients.
+
+``running_server`` starts a ``bokeh.server.server.Server`` with memwatch
+mounted in a background thread with its own IOLoop, so a test can use the
+blocking clients (``bokeh.client.pull_session``, urllib) from its own
+thread.  Every wait is bounded; every server is stopped.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from bokeh.application import Application
+from bokeh.application.handlers.script import ScriptHandler
+from tornado.ioloop import IOLoop
+
+from bokeh_memwatch import MemWatch, memwatch_server
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ROOT / "tests" / "apps"
+T = TypeVar("T")
+
+#: Short session lifetimes so Bokeh destroys closed sessions quickly.
+FAST_SESSIONS: dict[str, Any] = {
+    "check_unused_sessions_milliseconds": 100,
+    "unused_session_lifetime_milliseconds": 100,
+}
+
+
+def wait_until(predicate: Callable[[], T], timeout_s: float = 20.0, interval_s: float = 0.05, what: str = "") -> T:
+    """ Poll ``predicate`` until it returns something truthy, or fail. """
+    deadline = time.monotonic() + timeout_s
+    last: T = predicate()
+    while not last:
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what or predicate}: last value {last!r}")
+        time.sleep(interval_s)
+        last = predicate()
+    return last
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None,
+         timeout_s: float = 60.0) -> tuple[int, dict[str, str], Any]:
+    """ A real HTTP request; returns (status, headers, decoded JSON or text). """
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status, raw, hdrs = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as e:
+        status, raw, hdrs = e.code, e.read(), dict(e.headers)
+    text = raw.decode("utf-8", "replace")
+    try:
+        return status, hdrs, json.loads(text)
+    except ValueError:
+        return status, hdrs, text
+
+
+def api(base_url: str, path: str, method: str = "GET", body: Any = None, expect: int = 200) -> Any:
+    status, _, payload = http(method, f"{base_url}/memwatch/api/{path}", body)
+    assert status == expect, f"{method} {path}: {status} {payload!r}"
+    return payload
+
+
+class ServerThread:
+    """ A real Bokeh server with memwatch, on its own IOLoop in a thread. """
+
+    def __init__(self, apps: Mapping[str, Application], memwatch: MemWatch, **server_kwargs: Any) -> None:
+        self.apps = apps
+        self.memwatch = memwatch
+        self.server_kwargs = {"port": 0, "address": "127.0.0.1", **FAST_SESSIONS, **server_kwargs}
+        self.loop: IOLoop | None = None
+        self.server: Any = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bokeh-test-server", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        try:
+            self.loop = IOLoop.current()
+            self.server = memwatch_server(self.apps, memwatch=self.memwatch, io_loop=self.loop, **self.server_kwargs)
+            self.server.start()
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.start()
+        self.loop.close(all_fds=True)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("server did not start in 30 s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    @property
+    def url(self) -> str:
+        prefix = self.server.prefix
+        return f"http://127.0.0.1:{self.server.port}{prefix}"
+
+    def call(self, fn: Callable[[], T], timeout_s: float = 30.0) -> T:
+        """ Run ``fn`` on the server's loop and return its result. """
+        assert self.loop is not None
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as e:
+                box["error"] = e
+            done.set()
+
+        self.loop.add_callback(run)
+        if not done.wait(timeout_s):
+            raise TimeoutError("server loop did not answer")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.loop is None or not self._thread.is_alive():
+            return
+
+        def shutdown() -> None:
+            try:
+                self.server.stop()
+                self.server.unlisten()
+            finally:
+                assert self.loop is not None
+                self.loop.add_callback(self.loop.stop)
+
+        self.loop.add_callback(shutdown)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "server thread did not stop"
+
+
+def script_app(name: str) -> Application:
+    return Application(ScriptHandler(filename=str(APPS / f"{name}.py")))
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ServerThread]]:
+    """ ``serve({"/app": application}, interval_ms=..., **server_kwargs)``. """
+    started: list[ServerThread] = []
+
+    def start(apps: Mapping[str, Application], *, memwatch: MemWatch | None = None,
+              **kwargs: Any) -> ServerThread:
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTION_NAMES}
+        options.setdefault("interval_ms", 100)
+        options.setdefault("orphan_grace_ms", 0)
+        mw = memwatch or MemWatch(**options)
+        server = ServerThread(apps, mw, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+_OPTION_NAMES = {
+    "interval_ms", "history_s", "orphan_grace_ms", "allow_remote", "chain_timeout_s",
+    "chain_max_depth", "chain_cache_s", "gc_min_interval_s", "max_destroyed",
+}
+
+
+@pytest.fixture(autouse=True)
+def _reset_holders() -> Iterator[None]:
+    """ Stop every leaky thread and callback the test apps started. """
+    yield
+    from tests.apps import holders
+
+    holders.reset()
+
+
+def open_and_close_sessions(url: str, n: int, arguments: Mapping[str, str] | None = None) -> list[str]:
+    """ Open ``n`` sessions with ``pull_session`` one after another and close them. """
+    from bokeh.client import pull_session
+
+    ids: list[str] = []
+    for _ in range(n):
+        with contextlib.closing(pull_session(url=url, arguments=dict(arguments or {}))) as session:
+            ids.append(session.id)
+    return ids
+
+
+class ProcessServer:
+    """ A server started as a command (``bokeh-memwatch serve``, ``panel serve``). """
+
+    def __init__(self, argv: list[str], port: int, prefix: str = "", env: Mapping[str, str] | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}{prefix}"
+        self.log_path = ROOT / "test-artifacts" / f"server-{port}.log"
+        self.log_path.parent.mkdir(exist_ok=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> ProcessServer:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                status, _, _ = http("GET", f"{self.url}/memwatch/api/summary", timeout_s=2)
+            except OSError:
+                return False
+            return status == 200
+
+        wait_until(ready, timeout_s, interval_s=0.2, what="server start")
+        return self
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def run_command() -> Iterator[Callable[..., ProcessServer]]:
+    started: list[ProcessServer] = []
+
+    def start(argv: list[str], port: int, prefix: str = "", env: Mapping[str, str] | None = None) -> ProcessServer:
+        server = ProcessServer(argv, port, prefix, env)
+        started.append(server)
+        return server.wait_ready()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+PYTHON = sys.executable

@@ -1,0 +1,119 @@
+""" Orphans and their holders, on real servers with real clients.
+
+Each test serves one of the apps in tests/apps through ``memwatch_server``
+(the embedded way in), opens and closes sessions with
+``bokeh.client.pull_session``, lets Bokeh destroy them, and asks the HTTP
+API what is still alive and why.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .conftest import api, open_and_close_sessions, script_app, wait_until
+
+N = 3
+
+
+def settle(url: str, destroyed: int) -> dict[str, Any]:
+    """ Wait until Bokeh destroyed ``destroyed`` sessions, collect, and return orphans. """
+    wait_until(lambda: api(url, "summary")["sessions_destroyed_total"] >= destroyed, what="sessions destroyed")
+    api(url, "gc", "POST")
+    result: dict[str, Any] = api(url, "orphans")
+    return result
+
+
+@pytest.mark.parametrize(
+    ("app", "root_kind", "root_name", "must_say"),
+    [
+        ("leak_global", "module", "tests.apps.holders", [".DOCS", "Document"]),
+        ("leak_thread", "thread", "leaky-worker-", ["closure", "Document"]),
+        ("leak_callback", "callback", "PeriodicCallback", ["closure", "Document"]),
+    ],
+)
+def test_leaking_app_reports_every_orphan_and_its_holder(serve, app, root_kind, root_name, must_say) -> None:
+    server = serve({"/app": script_app(app)}, gc_min_interval_s=0)
+    ids = open_and_close_sessions(server.url + "/app", N)
+    orphans = settle(server.url, N)
+    assert sorted(o["session_id"] for o in orphans["orphans"]) == sorted(ids)
+    assert all(o["app"] == "/app" and o["document_alive"] for o in orphans["orphans"])
+    summary = api(server.url, "summary")
+    assert summary["orphans"] == N and summary["sessions"] == 0
+    assert summary["apps"]["/app"]["orphans"] == N
+
+    chain = api(server.url, f"orphans/{ids[0]}/chain")
+    assert chain["complete"], chain
+    assert chain["root"]["kind"] == root_kind, chain
+    assert root_name in chain["root"]["name"], chain
+    assert chain["chain"][-1]["type"].endswith("Document")
+    for text in must_say:
+        assert text in chain["text"], chain["text"]
+    assert chain["target"] == "Document"
+
+
+def test_clean_app_reports_no_orphans(serve) -> None:
+    server = serve({"/app": script_app("clean")}, gc_min_interval_s=0)
+    open_and_close_sessions(server.url + "/app", N)
+    orphans = settle(server.url, N)
+    assert {k: v for k, v in orphans.items() if k != "pid"} == {"orphans": [], "retained_models": [], "pending": []}
+    summary = api(server.url, "summary")
+    assert summary["documents"] == 0 and summary["orphans"] == 0 and summary["models_retained"] == 0
+    assert summary["sessions_created_total"] == N and summary["sessions_cleaned_total"] == N
+
+
+def test_bounded_leak_keeps_only_the_last_session(serve) -> None:
+    server = serve({"/app": script_app("leak_last_session")}, gc_min_interval_s=0)
+    ids = open_and_close_sessions(server.url + "/app", N)
+    orphans = settle(server.url, N)
+    assert [o["session_id"] for o in orphans["orphans"]] == [ids[-1]]
+    chain = api(server.url, f"orphans/{ids[-1]}/chain")
+    assert chain["root"] == {"kind": "module", "name": "tests.apps.holders"}
+    assert ".LAST" in chain["text"]
+
+
+def test_live_sessions_are_counted_per_session(serve) -> None:
+    from bokeh.client import pull_session
+
+    server = serve({"/app": script_app("clean")})
+    sessions = [pull_session(url=server.url + "/app") for _ in range(2)]
+    try:
+        wait_until(lambda: api(server.url, "summary")["sessions"] == 2, what="two sessions")
+        rows = api(server.url, "sessions")["sessions"]
+        assert {r["id"] for r in rows} == {s.id for s in sessions}
+        for row in rows:
+            assert row["app"] == "/app" and row["connections"] == 1 and row["documents"] == 1
+            assert row["models"] > 5 and row["data_bytes"] >= 1000 * 8
+        summary = api(server.url, "summary")
+        assert summary["connections"] == 2 and summary["documents"] == 2
+        assert summary["models"] == sum(r["models"] for r in rows)
+        assert api(server.url, "sessions?app=/nope")["sessions"] == []
+        # A live session has no chain to explain.
+        api(server.url, f"orphans/{sessions[0].id}/chain", expect=409)
+    finally:
+        for s in sessions:
+            s.close()
+
+
+def test_sessions_between_ticks_are_not_missed(serve) -> None:
+    # A sampler that effectively never ticks: the lifecycle hooks alone must see everything.
+    server = serve({"/app": script_app("leak_global")}, interval_ms=3_600_000, gc_min_interval_s=0)
+    ids = open_and_close_sessions(server.url + "/app", N)
+    orphans = settle(server.url, N)
+    assert sorted(o["session_id"] for o in orphans["orphans"]) == sorted(ids)
+    assert {o["destroy_seen_by"] for o in orphans["orphans"]} == {"hook"}
+
+
+def test_history_records_activity(serve) -> None:
+    server = serve({"/app": script_app("leak_global")}, gc_min_interval_s=0)
+    open_and_close_sessions(server.url + "/app", 2)
+    settle(server.url, 2)
+    wait_until(lambda: (api(server.url, "history?limit=1")["samples"] or [{}])[-1].get("orphans") == 2,
+               what="a sample with the orphans")
+    samples = api(server.url, "history")["samples"]
+    assert len(samples) >= 2
+    last = samples[-1]
+    assert last["rss_bytes"] > 0 and last["sessions_created_total"] == 2
+    assert last["apps"]["/app"]["orphans"] == 2
+    since = samples[-2]["t"]
+    assert all(s["t"] > since for s in api(server.url, f"history?since={since}")["samples"])

@@ -1,0 +1,63 @@
+""" ``panel serve app.py --plugins bokeh_memwatch.panel``. """
+from __future__ import annotations
+
+from pathlib import Path
+
+from .conftest import PYTHON, api, free_port, http, wait_until
+
+PANEL = str(Path(PYTHON).with_name("panel"))
+ENV = {
+    "BOKEH_MEMWATCH_INTERVAL_MS": "200",
+    "BOKEH_MEMWATCH_ORPHAN_GRACE_MS": "0",
+    "BOKEH_MEMWATCH_GC_MIN_INTERVAL_S": "0",
+}
+N = 3
+
+
+def panel_argv(port: int, app: str, *extra: str) -> list[str]:
+    return [PANEL, "serve", f"tests/apps/{app}.py", "--plugins", "bokeh_memwatch.panel",
+            "--port", str(port), "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}",
+            "--check-unused-sessions", "100", "--unused-session-lifetime", "100", *extra]
+
+
+def open_pages(url: str, n: int) -> None:
+    """ Open the app page n times over HTTP (a session each, never connected). """
+    for _ in range(n):
+        status, _, _ = http("GET", url)
+        assert status == 200
+
+
+def test_panel_leak_keeps_models_but_not_the_document(run_command) -> None:
+    port = free_port()
+    server = run_command(panel_argv(port, "panel_leak_models", "--prefix", "/pfx"), port, prefix="/pfx", env=ENV)
+    summary = api(server.url, "summary")
+    assert summary["sampler"]["running"] and summary["sampler"]["ticks"] >= 1  # started with the server
+
+    open_pages(f"{server.url}/panel_leak_models", N)
+    wait_until(lambda: api(server.url, "summary")["sessions_destroyed_total"] >= N, what="sessions destroyed")
+    api(server.url, "gc", "POST")
+    result = wait_until(
+        lambda: (r := api(server.url, "orphans")) and len(r["retained_models"]) == N and r,
+        what="retained models",
+    )
+    assert result["orphans"] == []  # the Documents were freed
+    for row in result["retained_models"]:
+        assert not row["document_alive"] and row["model_types"].get("ColumnDataSource") == 1
+    summary = api(server.url, "summary")
+    assert summary["orphans"] == 0 and summary["models_retained"] >= N
+
+    chain = api(server.url, f"orphans/{result['retained_models'][0]['session_id']}/chain")
+    assert chain["target"] == "ColumnDataSource"
+    assert chain["root"]["kind"] == "module" and chain["root"]["name"] == "tests.apps.holders", chain
+    assert ".GLOBAL_SELECT" in chain["text"], chain["text"]
+
+
+def test_panel_clean_app(run_command) -> None:
+    port = free_port()
+    server = run_command(panel_argv(port, "panel_clean"), port, env=ENV)
+    open_pages(f"{server.url}/panel_clean", N)
+    wait_until(lambda: api(server.url, "summary")["sessions_destroyed_total"] >= N, what="sessions destroyed")
+    api(server.url, "gc", "POST")
+    result = api(server.url, "orphans")
+    assert result["orphans"] == [] and result["retained_models"] == [] and result["pending"] == []
+    assert api(server.url, "summary")["sessions_cleaned_total"] == N

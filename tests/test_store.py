@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bokeh_memwatch.store import PROCESS_FIELDS, SampleStore
+
+
+def test_ring_keeps_the_newest_samples_oldest_first() -> None:
+    store = SampleStore(3)
+    for i in range(5):
+        store.append({"t": float(i), "rss_bytes": 100 + i}, {"/a": {"sessions": i}})
+    rows = store.query()
+    assert [r["t"] for r in rows] == [2.0, 3.0, 4.0]
+    assert [r["apps"]["/a"]["sessions"] for r in rows] == [2, 3, 4]
+    assert len(store) == 3 and store.total_appended == 5
+
+
+def test_since_and_limit() -> None:
+    store = SampleStore(10)
+    for i in range(6):
+        store.append({"t": float(i)}, {})
+    assert [r["t"] for r in store.query(since=3.0)] == [4.0, 5.0]
+    assert [r["t"] for r in store.query(limit=2)] == [4.0, 5.0]
+    assert store.query(limit=0) == []
+    assert store.latest() is not None and store.latest()["t"] == 5.0  # type: ignore[index]
+
+
+def test_missing_fields_are_none_and_apps_appear_when_seen() -> None:
+    store = SampleStore(4)
+    store.append({"t": 1.0}, {})
+    store.append({"t": 2.0, "traced_bytes": 7}, {"/new": {"orphans": 2}})
+    first, second = store.query()
+    assert first["traced_bytes"] is None and first["apps"] == {}
+    assert second["traced_bytes"] == 7 and second["apps"]["/new"]["orphans"] == 2
+    assert set(PROCESS_FIELDS) <= set(second)
+
+
+def test_copies_out() -> None:
+    store = SampleStore(2)
+    store.append({"t": 1.0, "rss_bytes": 5}, {"/a": {"sessions": 1}})
+    row = store.query()[0]
+    row["rss_bytes"] = 999
+    row["apps"]["/a"]["sessions"] = 999
+    again = store.query()[0]
+    assert again["rss_bytes"] == 5 and again["apps"]["/a"]["sessions"] == 1
+
+
+def test_app_columns_are_bounded() -> None:
+    store = SampleStore(2, max_apps=2)
+    store.append({"t": 1.0}, {f"/{i}": {"sessions": 1} for i in range(5)})
+    assert len(store.query()[0]["apps"]) == 2
+
+
+def test_a_day_at_the_default_interval_is_small() -> None:
+    # 24 h at 5 s = 17280 samples, with three applications.
+    store = SampleStore(17280)
+    for i in range(3):
+        store.append({"t": float(i)}, {f"/app{j}": {"sessions": 1} for j in range(3)})
+    assert store.nbytes() < 10 * 2**20
+
+
+def test_concurrent_appends_and_reads() -> None:
+    store = SampleStore(500)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(2000):
+                store.append({"t": float(i)}, {"/a": {"sessions": i}})
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for _ in range(200):
+        rows = store.query(limit=50)
+        assert all("t" in r for r in rows)
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert store.total_appended == 4000
+
+
+def test_rejects_bad_capacity() -> None:
+    with pytest.raises(ValueError):
+        SampleStore(0)

@@ -1,0 +1,136 @@
+""" The tracker on real Bokeh Documents and Models (no server needed). """
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+from bokeh.document import Document
+from bokeh.models import ColumnDataSource
+from bokeh.plotting import figure
+
+from bokeh_memwatch.tracker import LiveSession, SessionTracker, column_bytes, source_bytes
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Collections:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> int:
+        return self.n
+
+
+def make_doc(rows: int = 1000) -> Document:
+    doc = Document()
+    source = ColumnDataSource(data={"x": np.arange(rows, dtype="f8"), "y": np.zeros(rows)})
+    p = figure()
+    p.line("x", "y", source=source)
+    doc.add_root(p)
+    return doc
+
+
+def test_counts_models_and_data_bytes() -> None:
+    tracker = SessionTracker(grace_s=0)
+    doc = make_doc(1000)
+    counts = tracker.observe({"/app": [LiveSession("s1", doc, 1, 0.0)]})
+    app = counts.apps["/app"]
+    assert app["sessions"] == 1 and app["connected"] == 1 and app["documents"] == 1
+    assert app["models"] == len(doc.models) > 5
+    assert app["data_bytes"] == 2 * 1000 * 8
+    assert tracker.created_total == 1  # registered on first sight
+
+
+def test_orphan_needs_grace_and_a_full_collection() -> None:
+    clock, collections = Clock(), Collections()
+    tracker = SessionTracker(grace_s=5, clock=clock, collections=collections)
+    doc = make_doc()
+    tracker.session_created("/app", "s1", doc)
+    tracker.session_destroyed("s1")
+    assert tracker.observe({"/app": []}).totals["pending_orphans"] == 1
+    clock.now += 10
+    assert tracker.observe({"/app": []}).totals["orphans"] == 0  # no collection yet
+    collections.n += 1
+    counts = tracker.observe({"/app": []})
+    assert counts.apps["/app"]["orphans"] == 1 and counts.totals["documents"] == 1
+    [row] = tracker.destroyed_holding()
+    assert row["status"] == "orphan" and row["session_id"] == "s1"
+
+
+def test_freed_documents_are_forgotten_and_counted_clean() -> None:
+    tracker = SessionTracker(grace_s=0, collections=Collections())
+    doc = make_doc()
+    tracker.session_created("/app", "s1", doc)
+    tracker.session_destroyed("s1")
+    del doc
+    gc.collect()
+    counts = tracker.observe({"/app": []})
+    assert counts.totals["orphans"] == 0 and counts.totals["pending_orphans"] == 0
+    assert tracker.cleaned_total == 1 and tracker.destroyed_holding() == []
+
+
+def test_models_retained_without_the_document() -> None:
+    clock, collections = Clock(), Collections()
+    tracker = SessionTracker(grace_s=0, clock=clock, collections=collections)
+    doc = make_doc(500)
+    tracker.session_created("/app", "s1", doc)
+    [source] = [m for m in doc.models if isinstance(m, ColumnDataSource)]
+    doc.clear()  # what Panel's cleanup does: detach the Models from the Document
+    tracker.session_destroyed("s1")
+    del doc
+    gc.collect()
+    collections.n += 1
+    counts = tracker.observe({"/app": []})
+    assert counts.totals["orphans"] == 0
+    assert counts.apps["/app"]["models_retained"] >= 1
+    assert counts.apps["/app"]["data_bytes"] == 2 * 500 * 8
+    [row] = tracker.destroyed_holding()
+    assert row["status"] == "models_retained" and not row["document_alive"]
+    assert row["model_types"]["ColumnDataSource"] == 1
+    del source
+
+
+def test_session_missing_at_a_tick_is_marked_destroyed() -> None:
+    tracker = SessionTracker(grace_s=0)
+    doc = make_doc()
+    tracker.observe({"/app": [LiveSession("s1", doc, 0, 10.0)]})
+    tracker.observe({"/app": []})
+    record = tracker.find("s1")
+    assert record is not None and record.destroyed and record.destroy_seen_by == "tick"
+
+
+def test_tracker_holds_no_strong_references() -> None:
+    import weakref
+
+    tracker = SessionTracker(grace_s=0)
+    doc = make_doc()
+    ref = weakref.ref(doc)
+    tracker.observe({"/app": [LiveSession("s1", doc, 1, 0.0)]})
+    tracker.session_destroyed("s1")
+    tracker.destroyed_holding()
+    del doc
+    gc.collect()
+    assert ref() is None
+
+
+def test_destroyed_records_are_bounded() -> None:
+    tracker = SessionTracker(grace_s=0, max_destroyed=3)
+    docs = [make_doc(10) for _ in range(5)]
+    for i, doc in enumerate(docs):
+        tracker.session_created("/app", f"s{i}", doc)
+        tracker.session_destroyed(f"s{i}")
+    assert tracker.counters()["destroyed_tracked"] == 3
+    assert tracker.forgotten_total == 2
+
+
+def test_column_bytes_estimates() -> None:
+    assert column_bytes(np.zeros(10)) == 80
+    assert column_bytes([1.0] * 100) > 100 * 8
+    assert source_bytes(ColumnDataSource(data={"a": np.zeros(4)})) == 32
+    assert source_bytes(figure()) == 0

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .core import MemWatch, MemwatchOptions, options_from_env  # noqa: E402
-from .server import memwatch_server  # noqa: E402
+from .core import MemWatch, MemwatchOptions, options_from_env
+from .server import memwatch_server
 
 __all__ = (
     "MemWatch",

@@ -16,6 +16,7 @@ IOLoop keeps serving.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -24,7 +25,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
@@ -52,6 +53,12 @@ __all__ = (
     "MemwatchOptions",
     "UnknownSession",
     "options_from_env",
+)
+
+
+#: What Bokeh's ``Server`` accepts as applications.
+Applications: TypeAlias = (
+    "Mapping[str, Application | Callable[[Document], None]] | Application | Callable[[Document], None]"
 )
 
 
@@ -145,9 +152,7 @@ class MemWatch:
 
         return routes(self)
 
-    def instrument(
-        self, applications: Mapping[str, Application | Callable[[Document], None]] | Application | Callable[[Document], None]
-    ) -> dict[str, Application]:
+    def instrument(self, applications: Applications) -> dict[str, Application]:
         """ Add memwatch's handler to every application; returns the
         applications as the ``{path: Application}`` mapping Bokeh expects. """
         if callable(applications) and not isinstance(applications, Application):
@@ -155,9 +160,8 @@ class MemWatch:
         if isinstance(applications, Application):
             applications = {"/": applications}
         result: dict[str, Application] = {}
-        for path, app in applications.items():
-            if not isinstance(app, Application):
-                app = Application(FunctionHandler(app))
+        for path, each in applications.items():
+            app = each if isinstance(each, Application) else Application(FunctionHandler(each))
             self._instrument_one(path, app)
             result[path] = app
         return result
@@ -365,19 +369,14 @@ class MemWatch:
         target_ref, target_type = _chain_target(record.doc_ref, record.alive_models())
         if target_ref is None:
             raise SessionCollected(session_id)
-        roots = chains.capture_roots()
-        max_depth, deadline_s = self.options.chain_max_depth, self.options.chain_timeout_s * 0.8
-
-        def search() -> dict[str, Any]:
-            target = target_ref()
-            if target is None:
-                return {"chain": [], "root": None, "complete": False, "reason": "collected before the search"}
-            return chains.find_chain(target, roots=roots, max_depth=max_depth, deadline_s=deadline_s)
-
+        job = functools.partial(
+            _search_chain, target_ref, chains.capture_roots(),
+            max_depth=self.options.chain_max_depth, deadline_s=self.options.chain_timeout_s * 0.8,
+        )
         try:
-            outcome = await self.heap_worker.run(search, timeout_s=self.options.chain_timeout_s)
+            outcome = await self.heap_worker.run(job, timeout_s=self.options.chain_timeout_s)
         finally:
-            del roots
+            del job  # drops the roots' keep-alive references to threads
         result: dict[str, Any] = dict(outcome.value)
         result.update({
             "session_id": session_id,
@@ -407,10 +406,26 @@ class SessionCollected(LookupError):
     """ Nothing of the session is alive any more. """
 
 
-def _chain_target(doc_ref: weakref.ReferenceType[Any], models: Iterable[Any]) -> tuple[weakref.ReferenceType[Any] | None, str]:
+def _search_chain(
+    target_ref: weakref.ReferenceType[Any], roots: chains.Roots, *, max_depth: int, deadline_s: float
+) -> dict[str, Any]:
+    """ The chain search itself; runs in the heap worker (a forked child). """
+    target = target_ref()
+    if target is None:
+        return {"chain": [], "root": None, "complete": False, "reason": "collected before the search"}
+    return chains.find_chain(target, roots=roots, max_depth=max_depth, deadline_s=deadline_s)
+
+
+def _chain_target(
+    doc_ref: weakref.ReferenceType[Any], models: Iterable[Any]
+) -> tuple[weakref.ReferenceType[Any] | None, str]:
     if doc_ref() is not None:
         return doc_ref, "Document"
-    best = max(models, key=source_bytes, default=None)
+    from bokeh.models import ColumnDataSource
+
+    # The heaviest source first; with equal bytes (Bokeh clears a destroyed
+    # Model's properties) a data source rather than a Selection or a glyph.
+    best = max(models, key=lambda m: (source_bytes(m), isinstance(m, ColumnDataSource)), default=None)
     if best is None:
         return None, ""
     return weakref.ref(best), type(best).__name__

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._bokeh_internals import tornado_app_of
 from .core import MemWatch
 
 if TYPE_CHECKING:
-    from bokeh.application import Application
-    from bokeh.document import Document
     from bokeh.server.server import Server
+
+    from .core import Applications
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +18,7 @@ __all__ = ("memwatch_server",)
 
 
 def memwatch_server(
-    applications: Mapping[str, Application | Callable[[Document], None]] | Application | Callable[[Document], None],
+    applications: Applications,
     *,
     memwatch: MemWatch | None = None,
     **server_kwargs: Any,

@@ -28,7 +28,8 @@ import itertools
 import logging
 import threading
 import weakref
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tornado.ioloop import PeriodicCallback
 

@@ -84,14 +84,14 @@ def test_bad_extra_patterns_are_a_clear_error() -> None:
     ]:
         result = subprocess.run(
             [CLI, "serve", "--port", str(free_port()), "--extra-patterns", spec, "tests/apps/clean.py"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(os.environ),
+            check=False, cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(os.environ),
         )
         assert result.returncode != 0
         assert message in result.stderr + result.stdout, (spec, result.stderr)
 
 
 def test_help_lists_bokeh_and_memwatch_options() -> None:
-    result = subprocess.run([CLI, "serve", "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([CLI, "serve", "--help"], check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for option in ("--num-procs", "--unused-session-lifetime", "--prefix", "--extra-patterns",
                    "--memwatch-interval", "--memwatch-tracemalloc"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .conftest import PYTHON, api, free_port, http, wait_until
 
@@ -36,10 +37,12 @@ def test_panel_leak_keeps_models_but_not_the_document(run_command) -> None:
     open_pages(f"{server.url}/panel_leak_models", N)
     wait_until(lambda: api(server.url, "summary")["sessions_destroyed_total"] >= N, what="sessions destroyed")
     api(server.url, "gc", "POST")
-    result = wait_until(
-        lambda: (r := api(server.url, "orphans")) and len(r["retained_models"]) == N and r,
-        what="retained models",
-    )
+    def retained() -> dict[str, Any] | None:
+        rows: dict[str, Any] = api(server.url, "orphans")
+        return rows if len(rows["retained_models"]) == N else None
+
+    result = wait_until(retained, what="retained models")
+    assert result is not None
     assert result["orphans"] == []  # the Documents were freed
     for row in result["retained_models"]:
         assert not row["document_alive"] and row["model_types"].get("ColumnDataSource") == 1

@@ -31,12 +31,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ("routes",)
+__all__ = (
+    "ENDPOINTS",
+    "JSONHandler",
+    "float_arg",
+    "int_arg",
+    "json_body",
+    "no_query_args",
+    "routes",
+)
+
+MAX_BODY_BYTES = 64 * 1024
 
 MAX_HISTORY_LIMIT = 20_000
 
 
-class _JSONHandler(AuthRequestHandler):
+class JSONHandler(AuthRequestHandler):
     """ Common ground: access control, JSON bodies and JSON errors. """
 
     memwatch: MemWatch
@@ -101,7 +111,7 @@ def _is_loopback(address: str | None) -> bool:
         return False
 
 
-def _int_arg(handler: _JSONHandler, name: str, default: int, *, lo: int, hi: int) -> int:
+def int_arg(handler: JSONHandler, name: str, default: int, *, lo: int, hi: int) -> int:
     raw = handler.get_query_argument(name, None)
     if raw is None or raw == "":
         return default
@@ -114,7 +124,7 @@ def _int_arg(handler: _JSONHandler, name: str, default: int, *, lo: int, hi: int
     return value
 
 
-def _float_arg(handler: _JSONHandler, name: str) -> float | None:
+def float_arg(handler: JSONHandler, name: str) -> float | None:
     raw = handler.get_query_argument(name, None)
     if raw is None or raw == "":
         return None
@@ -127,12 +137,32 @@ def _float_arg(handler: _JSONHandler, name: str) -> float | None:
     return value
 
 
-def _no_query_args(handler: _JSONHandler, allowed: tuple[str, ...] = ()) -> None:
+def no_query_args(handler: JSONHandler, allowed: tuple[str, ...] = ()) -> None:
     unknown = sorted(set(handler.request.query_arguments) - set(allowed))
     if unknown:
         raise HTTPError(400, reason=f"unknown query parameter(s): {', '.join(u[:40] for u in unknown)}")
 
 
+def json_body(handler: JSONHandler) -> dict[str, Any]:
+    """ The JSON object a POST carries.  Actions must be sent as
+    ``Content-Type: application/json``: a page on another origin cannot send
+    that without a CORS preflight, which memwatch never grants. """
+    content_type = handler.request.headers.get("Content-Type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise HTTPError(415, reason="actions take a JSON body: send Content-Type: application/json")
+    raw = handler.request.body or b"{}"
+    if len(raw) > MAX_BODY_BYTES:
+        raise HTTPError(413, reason=f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise HTTPError(400, reason="body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, reason="body must be a JSON object")
+    return body
+
+
+#: Every endpoint, for ``GET api/``; modules that add routes add their rows.
 ENDPOINTS: list[dict[str, str]] = [
     {"method": "GET", "path": "api/", "purpose": "this list"},
     {"method": "GET", "path": "api/summary",
@@ -148,36 +178,36 @@ ENDPOINTS: list[dict[str, str]] = [
 ]
 
 
-class IndexHandler(_JSONHandler):
+class IndexHandler(JSONHandler):
     def get(self) -> None:
-        _no_query_args(self)
+        no_query_args(self)
         prefix = self.application.prefix  # type: ignore[attr-defined]
         base = f"{prefix}/memwatch/"
         self.write_json({"endpoints": [{**e, "url": base + e["path"]} for e in ENDPOINTS]})
 
 
-class SummaryHandler(_JSONHandler):
+class SummaryHandler(JSONHandler):
     def get(self) -> None:
-        _no_query_args(self)
+        no_query_args(self)
         self.write_json(self.memwatch.summary())
 
 
-class SessionsHandler(_JSONHandler):
+class SessionsHandler(JSONHandler):
     def get(self) -> None:
-        _no_query_args(self, ("app",))
+        no_query_args(self, ("app",))
         app = self.get_query_argument("app", None)
         self.write_json({"sessions": self.memwatch.sessions(app)})
 
 
-class OrphansHandler(_JSONHandler):
+class OrphansHandler(JSONHandler):
     def get(self) -> None:
-        _no_query_args(self)
+        no_query_args(self)
         self.write_json(self.memwatch.orphans())
 
 
-class ChainHandler(_JSONHandler):
+class ChainHandler(JSONHandler):
     async def get(self, session_id: str) -> None:
-        _no_query_args(self)
+        no_query_args(self)
         try:
             result = await self.memwatch.chain(session_id)
         except UnknownSession:
@@ -197,21 +227,24 @@ class ChainHandler(_JSONHandler):
         self.write_json(result)
 
 
-class HistoryHandler(_JSONHandler):
+class HistoryHandler(JSONHandler):
     def get(self) -> None:
-        _no_query_args(self, ("since", "limit"))
-        since = _float_arg(self, "since")
-        limit = _int_arg(self, "limit", 1000, lo=0, hi=MAX_HISTORY_LIMIT)
+        no_query_args(self, ("since", "limit"))
+        since = float_arg(self, "since")
+        limit = int_arg(self, "limit", 1000, lo=0, hi=MAX_HISTORY_LIMIT)
         samples = self.memwatch.history(since=since, limit=limit)
         self.write_json({"samples": samples, "count": len(samples)})
 
 
-class GcHandler(_JSONHandler):
+class GcHandler(JSONHandler):
     def get(self) -> None:
         raise HTTPError(405, reason="use POST: collecting garbage changes state")
 
     def post(self) -> None:
-        _no_query_args(self)
+        no_query_args(self)
+        body = json_body(self)
+        if body:
+            raise HTTPError(400, reason=f"gc takes no parameters, got {', '.join(sorted(body))[:80]}")
         result = self.memwatch.collect_garbage()
         if not result["ran"]:
             self.set_header("Retry-After", str(math.ceil(result["retry_after_s"])))
@@ -220,7 +253,7 @@ class GcHandler(_JSONHandler):
         self.write_json(result)
 
 
-class RootHandler(_JSONHandler):
+class RootHandler(JSONHandler):
     """ ``{prefix}/memwatch``: points at the API (the dashboard lives here later). """
 
     def get(self) -> None:
@@ -228,15 +261,25 @@ class RootHandler(_JSONHandler):
         self.redirect(f"{prefix}/memwatch/api/")
 
 
-class NotFoundHandler(_JSONHandler):
+class NotFoundHandler(JSONHandler):
     def get(self, path: str) -> None:
         raise HTTPError(404, reason=f"no memwatch endpoint {path[:80]!r}; see api/")
 
     post = get
 
 
-def routes(memwatch: MemWatch) -> list[tuple[str, type, dict[str, Any]]]:
-    """ The routes, relative to the server's prefix (Bokeh prepends it). """
+Routes = list[tuple[str, type, dict[str, Any]]]
+
+
+def routes(memwatch: MemWatch) -> Routes:
+    """ The routes, relative to the server's prefix (Bokeh prepends it).
+
+    Feature modules contribute their own lists here, before the catch-all.
+    """
+    return [*api_routes(memwatch), *fallback_routes(memwatch)]
+
+
+def api_routes(memwatch: MemWatch) -> Routes:
     kw = {"memwatch": memwatch}
     return [
         (r"/memwatch/api/?", IndexHandler, kw),
@@ -246,6 +289,13 @@ def routes(memwatch: MemWatch) -> list[tuple[str, type, dict[str, Any]]]:
         (r"/memwatch/api/orphans/([^/]+)/chain/?", ChainHandler, kw),
         (r"/memwatch/api/history/?", HistoryHandler, kw),
         (r"/memwatch/api/gc/?", GcHandler, kw),
+    ]
+
+
+def fallback_routes(memwatch: MemWatch) -> Routes:
+    """ Last: JSON 404 for unknown API paths, and the bare ``/memwatch``. """
+    kw = {"memwatch": memwatch}
+    return [
         (r"/memwatch/api/(.*)", NotFoundHandler, kw),
         (r"/memwatch/?", RootHandler, kw),
     ]

@@ -70,6 +70,9 @@ def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | N
 
 
 def api(base_url: str, path: str, method: str = "GET", body: Any = None, expect: int = 200) -> Any:
+    """ Call the JSON API; POSTs carry a JSON body (``{}`` by default). """
+    if method == "POST" and body is None:
+        body = {}
     status, _, payload = http(method, f"{base_url}/memwatch/api/{path}", body)
     assert status == expect, f"{method} {path}: {status} {payload!r}"
     return payload

@@ -1,0 +1,249 @@
+""" Tornado handlers for heap snapshots (``snapshots.py``), under
+``{prefix}/memwatch/api/``.
+
+Each heavy request awaits the heap worker (a forked child); the handler
+itself does constant-time work, so the IOLoop keeps serving meanwhile.
+Snapshot ids are looked up in the server's registry, never turned into
+paths; anything not matching the id pattern is a 404.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tornado.web import HTTPError
+
+from .heapwork import HeapWorkBusy, HeapWorkError, HeapWorkTimeout
+from .snapshots import (
+    GROUPS,
+    MAX_TYPE_ROWS,
+    BaselineMissing,
+    Group,
+    NotTracing,
+    SnapshotError,
+    SnapshotManager,
+    SnapshotTooLarge,
+    UnknownSnapshot,
+)
+from .views import JSONHandler, int_arg, json_body, no_query_args
+
+if TYPE_CHECKING:
+    from .core import MemWatch
+
+log = logging.getLogger(__name__)
+
+__all__ = ("snapshot_routes",)
+
+T = TypeVar("T")
+
+_DOWNLOAD_CHUNK_BYTES = 256 * 1024
+
+_NOT_TRACING = ("tracemalloc is not tracing: POST api/tracemalloc {\"action\": \"start\", \"frames\": N} "
+                "or start the server with --memwatch-tracemalloc N")
+
+
+class SnapshotHandler(JSONHandler):
+    """ Base: the manager, and one mapping of errors to statuses. """
+
+    @property
+    def manager(self) -> SnapshotManager:
+        manager = self.memwatch.snapshots
+        if manager is None or manager.directory is None:
+            raise HTTPError(503, reason="memwatch has not started in this process yet")
+        return manager
+
+    async def run(self, work: Awaitable[T]) -> T:
+        with self.errors():
+            return await work
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        try:
+            yield
+        except HTTPError:
+            raise
+        except NotTracing:
+            raise HTTPError(409, reason=_NOT_TRACING) from None
+        except (UnknownSnapshot, BaselineMissing) as e:
+            raise HTTPError(404 if isinstance(e, UnknownSnapshot) else 409, reason=str(e)) from None
+        except SnapshotTooLarge as e:
+            raise HTTPError(507, reason=str(e)) from None
+        except HeapWorkBusy:
+            self.set_header("Retry-After", "2")
+            raise HTTPError(429, reason="another heap job is running; retry shortly") from None
+        except HeapWorkTimeout:
+            raise HTTPError(504, reason="the heap job ran out of time; the heap may be very large "
+                                        "(see snapshot_timeout_s)") from None
+        except HeapWorkError as e:
+            log.warning("memwatch heap job failed: %s", e)
+            raise HTTPError(503, reason="the heap job failed in its worker (logged on the server)") from None
+        except (SnapshotError, ValueError) as e:
+            raise HTTPError(409 if isinstance(e, SnapshotError) else 400, reason=str(e)[:300]) from None
+
+    def compare_arg(self, *, allowed_ids: bool = True) -> str | None:
+        compare = self.get_query_argument("compare", None) or None
+        if compare is not None and compare != "baseline" and not allowed_ids:
+            raise HTTPError(400, reason="compare must be 'baseline'")
+        return compare
+
+
+class TracemallocHandler(SnapshotHandler):
+    def get(self) -> None:
+        no_query_args(self)
+        self.write_json(self.manager.tracing_state())
+
+    def post(self) -> None:
+        no_query_args(self)
+        body = json_body(self)
+        unknown = sorted(set(body) - {"action", "frames"})
+        if unknown:
+            raise HTTPError(400, reason=f"unknown field(s): {', '.join(unknown)[:80]}")
+        action = body.get("action")
+        manager = self.manager
+        if action == "start":
+            frames = body.get("frames", 1)
+            if not isinstance(frames, int) or isinstance(frames, bool) or not 1 <= frames <= 1000:
+                raise HTTPError(400, reason="frames must be an integer between 1 and 1000")
+            with self.errors():
+                self.write_json(manager.start_tracing(frames))
+        elif action == "stop":
+            if "frames" in body:
+                raise HTTPError(400, reason="stop takes no frames")
+            self.write_json(manager.stop_tracing())
+        else:
+            raise HTTPError(400, reason='action must be "start" or "stop"')
+
+
+class SnapshotsHandler(SnapshotHandler):
+    def get(self) -> None:
+        no_query_args(self)
+        manager = self.manager
+        self.write_json({
+            "snapshots": manager.rows(),
+            "total_bytes": manager.total_bytes(),
+            "max_snapshots": manager.max_snapshots,
+            "max_snapshot_bytes": manager.max_snapshot_bytes,
+            **manager.baseline_state(),
+        })
+
+    async def post(self) -> None:
+        no_query_args(self)
+        if json_body(self):
+            raise HTTPError(400, reason="snapshots takes no parameters")
+        self.write_json(await self.run(self.manager.take()), status=201)
+
+
+class SnapshotItemHandler(SnapshotHandler):
+    def get(self, snapshot_id: str) -> None:
+        no_query_args(self)
+        with self.errors():
+            info = self.manager.info(snapshot_id)
+        self.write_json(info.row())
+
+    def delete(self, snapshot_id: str) -> None:
+        no_query_args(self)
+        with self.errors():
+            self.manager.delete(snapshot_id)
+        self.write_json({"deleted": snapshot_id})
+
+
+class SnapshotDownloadHandler(SnapshotHandler):
+    """ The snapshot file, for ``tracemalloc.Snapshot.load``. """
+
+    async def get(self, snapshot_id: str) -> None:
+        no_query_args(self)
+        with self.errors():
+            path = self.manager.path_of(snapshot_id)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below; an open file survives eviction
+        except FileNotFoundError:
+            raise HTTPError(404, reason=f"snapshot {snapshot_id!r} is gone") from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            self.set_header("Content-Type", "application/octet-stream")
+            self.set_header("Content-Length", str(size))
+            self.set_header(
+                "Content-Disposition",
+                f'attachment; filename="memwatch-{os.getpid()}-{snapshot_id}.tracemalloc"',
+            )
+            while True:
+                chunk = f.read(_DOWNLOAD_CHUNK_BYTES)
+                if not chunk:
+                    break
+                self.write(chunk)
+                await self.flush()
+        self.finish()
+
+
+class BaselineHandler(SnapshotHandler):
+    def get(self) -> None:
+        no_query_args(self)
+        self.write_json(self.manager.baseline_state())
+
+    async def post(self) -> None:
+        no_query_args(self)
+        if json_body(self):
+            raise HTTPError(400, reason="baseline takes no parameters")
+        self.write_json(await self.run(self.manager.set_baseline()))
+
+
+class AllocatorsHandler(SnapshotHandler):
+    async def get(self) -> None:
+        no_query_args(self, ("group", "limit", "compare", "snapshot"))
+        group = self.get_query_argument("group", None) or "lineno"
+        if group not in GROUPS:
+            raise HTTPError(400, reason=f"group must be one of {', '.join(GROUPS)}, got {group[:40]!r}")
+        limit = int_arg(self, "limit", 25, lo=1, hi=1000)
+        snapshot = self.get_query_argument("snapshot", None) or None
+        grouped: Group = group
+        self.write_json(await self.run(self.manager.allocators(
+            group=grouped, limit=limit, compare=self.compare_arg(), snapshot=snapshot,
+        )))
+
+
+class TypesHandler(SnapshotHandler):
+    async def get(self) -> None:
+        no_query_args(self, ("limit", "compare"))
+        limit = int_arg(self, "limit", 50, lo=1, hi=MAX_TYPE_ROWS)
+        compare = self.compare_arg(allowed_ids=False)
+        result = await self.run(self.manager.types(limit=limit, compare=compare))
+        self.write_json(result)
+
+
+class ReportHandler(SnapshotHandler):
+    """ The JSON bug report, as a download. """
+
+    async def get(self) -> None:
+        no_query_args(self, ("chains",))
+        max_chains = int_arg(self, "chains", 5, lo=0, hi=50)
+        report = await self.run(self.manager.report(self.memwatch, max_chains=max_chains))
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.set_header("Content-Disposition",
+                        f'attachment; filename="memwatch-report-{os.getpid()}-{stamp}.json"')
+        self.finish(json.dumps(report, allow_nan=False, default=_json_default, indent=1))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def snapshot_routes(memwatch: MemWatch) -> list[tuple[str, type, dict[str, Any]]]:
+    kw = {"memwatch": memwatch}
+    return [
+        (r"/memwatch/api/tracemalloc/?", TracemallocHandler, kw),
+        (r"/memwatch/api/snapshots/?", SnapshotsHandler, kw),
+        (r"/memwatch/api/snapshots/([^/]+)/?", SnapshotItemHandler, kw),
+        (r"/memwatch/api/snapshots/([^/]+)/tracemalloc/?", SnapshotDownloadHandler, kw),
+        (r"/memwatch/api/baseline/?", BaselineHandler, kw),
+        (r"/memwatch/api/allocators/?", AllocatorsHandler, kw),
+        (r"/memwatch/api/types/?", TypesHandler, kw),
+        (r"/memwatch/api/report/?", ReportHandler, kw),
+    ]

@@ -1,0 +1,192 @@
+""" Acting before the kernel does: when RSS reaches ``limit_fraction`` of the
+container's memory limit, log a warning and write a JSON report (and a
+tracemalloc snapshot, when tracing) to disk, at most once per
+``limit_min_interval_s``.
+
+The automatic report is deliberately light.  Near the limit, every page a
+forked child touches is copied and counted against the same cgroup, so
+nothing here walks the heap: no "why alive" chain search and no pympler type
+summary (those stay one request away, ``api/report``).  It holds the
+summary (with every worker), live sessions, orphans and retained Models, and,
+when tracemalloc is tracing, a snapshot file (``tracemalloc.Snapshot.load``)
+and its top allocators; the snapshot is taken by the
+:class:`~bokeh_memwatch.snapshots.SnapshotManager` in its forked child, which
+only copies tracemalloc's own tables.
+
+Files: ``memwatch-limit-<pid>-<UTC time>.json`` (and ``.tracemalloc``) in the
+report directory, the newest ``keep`` kept.
+
+This module imports neither tornado nor ``bokeh.server``.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .core import MemWatch
+
+log = logging.getLogger(__name__)
+
+__all__ = (
+    "LimitGuard",
+    "write_limit_report",
+)
+
+REPORT_PREFIX = "memwatch-limit-"
+
+
+class LimitGuard:
+    """ Decides when RSS is close enough to the limit to act.
+
+    Args:
+        fraction: act at ``rss >= fraction * limit``; 0 never acts.
+        min_interval_s: least time between two actions.
+        clock: monotonic seconds (injectable).
+    """
+
+    def __init__(self, *, fraction: float, min_interval_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+        if min_interval_s < 0:
+            raise ValueError(f"min_interval_s must be >= 0, got {min_interval_s}")
+        self.fraction = fraction
+        self.min_interval_s = min_interval_s
+        self._clock = clock
+        self._last: float | None = None
+        self.triggered_total = 0
+        self.suppressed_total = 0
+
+    def check(self, rss_bytes: float | None, limit_bytes: float | None) -> bool:
+        """ True when an action is due now (and counts it as taken). """
+        if not self.fraction or not rss_bytes or not limit_bytes:
+            return False
+        if rss_bytes < self.fraction * limit_bytes:
+            return False
+        now = self._clock()
+        if self._last is not None and now - self._last < self.min_interval_s:
+            self.suppressed_total += 1
+            return False
+        self._last = now
+        self.triggered_total += 1
+        return True
+
+    def retry_in_s(self) -> float | None:
+        if self._last is None:
+            return None
+        return max(0.0, self._last + self.min_interval_s - self._clock())
+
+
+def fraction_of(rss_bytes: float | None, limit_bytes: float | None) -> float | None:
+    if not rss_bytes or not limit_bytes:
+        return None
+    return round(rss_bytes / limit_bytes, 6)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def _stamp(now: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+
+
+async def write_limit_report(
+    memwatch: MemWatch, directory: str, *, rss_bytes: float, limit_bytes: float, fraction: float,
+    keep: int = 10, allocators_limit: int = 25,
+) -> dict[str, Any]:
+    """ Write the light report (and a snapshot when tracing) to ``directory``;
+    returns ``{"report": path, "snapshot": path | None, ...}``. """
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    now = time.time()
+    stem = os.path.join(directory, f"{REPORT_PREFIX}{os.getpid()}-{_stamp(now)}")
+    report: dict[str, Any] = {
+        "format": "bokeh-memwatch-report",
+        "format_version": 1,
+        "reason": "memory_limit",
+        "created_at": now,
+        "pid": os.getpid(),
+        "rss_bytes": rss_bytes,
+        "memory_limit_bytes": limit_bytes,
+        "rss_fraction_of_limit": fraction_of(rss_bytes, limit_bytes),
+        "limit_fraction": fraction,
+        "note": "light report written automatically near the memory limit: no chain search or type summary "
+                "(those walk the heap in a forked child, whose pages count against the same limit)",
+    }
+    for name, read in (("summary", memwatch.summary), ("orphans", memwatch.orphans),
+                       ("sessions", memwatch.sessions)):
+        try:
+            report[name] = read()
+        except Exception as e:  # a section that fails must not lose the rest
+            report[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
+    snapshot_path: str | None = None
+    manager = memwatch.snapshots
+    if manager is None or not tracemalloc.is_tracing():
+        report["snapshot"] = {"error": "tracemalloc was not tracing (start it with --memwatch-tracemalloc "
+                                       "or POST api/tracemalloc to get snapshots here)"}
+    else:
+        try:
+            taken = await manager.take()
+            snapshot_path = stem + ".tracemalloc"
+            await asyncio.to_thread(_link_or_copy, manager.path_of(taken["id"]), snapshot_path)
+            report["snapshot"] = {**taken, "path": snapshot_path}
+            report["allocators"] = await manager.allocators(limit=allocators_limit, snapshot=taken["id"])
+        except Exception as e:
+            log.warning("memwatch: the limit snapshot failed: %s", e)
+            report.setdefault("snapshot", {"error": f"{type(e).__name__}: {e}"[:500]})
+    report["versions"] = {**(report.get("summary", {}).get("versions") or {}), "platform": sys.platform}
+    report_path = stem + ".json"
+    text = json.dumps(report, allow_nan=False, default=_json_default, indent=1)
+    await asyncio.to_thread(_write_atomic, report_path, text)
+    removed = _keep_newest(directory, keep)
+    return {"report": report_path, "snapshot": snapshot_path, "created_at": now, "removed": removed}
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    with contextlib.suppress(OSError):
+        os.chmod(target, 0o600)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _keep_newest(directory: str, keep: int) -> list[str]:
+    """ Remove all but the newest ``keep`` reports (and their snapshots). """
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    stems = sorted(
+        (name[:-5] for name in names if name.startswith(REPORT_PREFIX) and name.endswith(".json")),
+        key=lambda stem: (stem.rsplit("-", 1)[-1], stem),
+    )
+    removed: list[str] = []
+    for stem in stems[:max(0, len(stems) - keep)]:
+        for suffix in (".json", ".tracemalloc"):
+            path = os.path.join(directory, stem + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+    return removed

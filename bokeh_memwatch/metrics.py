@@ -1,0 +1,218 @@
+""" Prometheus metrics at ``{prefix}/memwatch/metrics``.
+
+A custom ``prometheus_client`` collector, registered on a private
+``CollectorRegistry`` per :class:`~bokeh_memwatch.core.MemWatch` (never the
+global one: an embedding application's own metrics stay its own), rendered
+by ``generate_latest`` in the text format.  A scrape reads the latest sample
+of each worker (this one from memory, the others from the history database)
+and a few counters: it never walks the heap.
+
+Every series has a ``pid`` label; per-application series an ``app`` label.
+With ``--num-procs N`` whichever worker answers a scrape reports every
+worker's series (the others' as of their last sample), so one scrape target
+sees them all.
+
+Mounted even with ``--memwatch-no-http``, under the same access rules as the
+API (Bokeh auth, memwatch token, loopback).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from . import __version__
+from .views import JSONHandler, Routes, no_query_args
+
+if TYPE_CHECKING:
+    from .core import MemWatch
+
+log = logging.getLogger(__name__)
+
+__all__ = (
+    "CONTENT_TYPE",
+    "METRIC_NAMES",
+    "MemwatchCollector",
+    "make_registry",
+    "metrics_routes",
+)
+
+#: The text exposition format (what ``generate_latest`` writes).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+PREFIX = "bokeh_memwatch_"
+
+#: Per worker: (metric name without prefix, sample field, help, factor).
+_PROCESS_GAUGES: tuple[tuple[str, str, str, float], ...] = (
+    ("rss_bytes", "rss_bytes", "Resident set size of the worker", 1.0),
+    ("traced_bytes", "traced_bytes", "Memory traced by tracemalloc (absent when not tracing)", 1.0),
+    ("sessions", "sessions", "Live Bokeh sessions", 1.0),
+    ("connections", "connections", "Open websocket connections", 1.0),
+    ("documents", "documents", "Live Documents (of live sessions and orphans)", 1.0),
+    ("models", "models", "Models in live Documents", 1.0),
+    ("data_bytes", "data_bytes", "Bytes held in ColumnDataSources", 1.0),
+    ("orphans", "orphans", "Documents alive after their session was destroyed", 1.0),
+    ("pending_orphans", "pending_orphans", "Destroyed sessions' Documents not yet judged (grace, gc)", 1.0),
+    ("retained_models", "models_retained", "Models of destroyed sessions alive without their Document", 1.0),
+    ("memory_limit_bytes", "memory_limit_bytes", "Memory limit of the worker's cgroup (absent: none)", 1.0),
+    ("sampler_tick_seconds", "tick_ms", "Duration of the worker's last sampler tick", 0.001),
+    ("sample_timestamp_seconds", "t", "Unix time of the worker's latest sample", 1.0),
+)
+
+_PROCESS_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("sessions_created", "sessions_created_total", "Sessions created since the worker started"),
+    ("sessions_destroyed", "sessions_destroyed_total", "Sessions destroyed since the worker started"),
+)
+
+#: Per worker and application: (name without prefix, app field, help).
+_APP_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("app_sessions", "sessions", "Live sessions of the application"),
+    ("app_connections", "connections", "Open connections of the application"),
+    ("app_documents", "documents", "Live Documents of the application"),
+    ("app_models", "models", "Models in the application's live Documents"),
+    ("app_data_bytes", "data_bytes", "Bytes in the application's ColumnDataSources"),
+    ("app_orphans", "orphans", "The application's orphaned Documents"),
+    ("app_retained_models", "models_retained", "The application's retained Models"),
+)
+
+#: Every metric family a scrape can contain (names as exposed).
+METRIC_NAMES: tuple[str, ...] = (
+    *(PREFIX + name for name, _, _, _ in _PROCESS_GAUGES),
+    PREFIX + "rss_limit_ratio",
+    *(PREFIX + name + "_total" for name, _, _ in _PROCESS_COUNTERS),
+    *(PREFIX + name for name, _, _ in _APP_GAUGES),
+    PREFIX + "workers",
+    PREFIX + "sampler_ticks_total",
+    PREFIX + "sampler_errors_total",
+    PREFIX + "sampler_tick_max_seconds",
+    PREFIX + "limit_reports_total",
+    PREFIX + "history_dropped_samples_total",
+    PREFIX + "build_info",
+)
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class MemwatchCollector:
+    """ A ``prometheus_client`` collector reading one MemWatch's samples. """
+
+    def __init__(self, memwatch: MemWatch) -> None:
+        self.memwatch = memwatch
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked collector: families depend on the workers seen
+
+    def collect(self) -> Iterator[Metric]:
+        mw = self.memwatch
+        me = str(os.getpid())
+        latest = mw.store.latest() if mw.store is not None else None
+        samples: Mapping[int, Mapping[str, Any]]
+        if mw.cluster is not None:
+            samples = mw.cluster.worker_samples(latest)
+        else:
+            samples = {} if latest is None else {os.getpid(): latest}
+
+        for name, fieldname, doc, factor in _PROCESS_GAUGES:
+            gauge = GaugeMetricFamily(PREFIX + name, doc, labels=["pid"])
+            for pid, sample in samples.items():
+                value = _number(sample.get(fieldname))
+                if value is not None:
+                    gauge.add_metric([str(pid)], value * factor)
+            yield gauge
+        ratio = GaugeMetricFamily(PREFIX + "rss_limit_ratio", "RSS as a fraction of the memory limit",
+                                  labels=["pid"])
+        for pid, sample in samples.items():
+            rss, limit = _number(sample.get("rss_bytes")), _number(sample.get("memory_limit_bytes"))
+            if rss is not None and limit:
+                ratio.add_metric([str(pid)], rss / limit)
+        yield ratio
+        for name, fieldname, doc in _PROCESS_COUNTERS:
+            counter = CounterMetricFamily(PREFIX + name, doc, labels=["pid"])
+            for pid, sample in samples.items():
+                value = _number(sample.get(fieldname))
+                if value is not None:
+                    counter.add_metric([str(pid)], value)
+            yield counter
+        for name, fieldname, doc in _APP_GAUGES:
+            gauge = GaugeMetricFamily(PREFIX + name, doc, labels=["pid", "app"])
+            for pid, sample in samples.items():
+                for app, values in sorted((sample.get("apps") or {}).items()):
+                    value = _number((values or {}).get(fieldname))
+                    if value is not None:
+                        gauge.add_metric([str(pid), str(app)], value)
+            yield gauge
+
+        yield GaugeMetricFamily(PREFIX + "workers", "Workers of this server with a recent sample",
+                                value=len(samples) or 1)
+        sampler = mw.sampler
+        ticks = CounterMetricFamily(PREFIX + "sampler_ticks", "Sampler ticks in this worker", labels=["pid"])
+        errors = CounterMetricFamily(PREFIX + "sampler_errors", "Collector failures in this worker",
+                                     labels=["pid"])
+        tick_max = GaugeMetricFamily(PREFIX + "sampler_tick_max_seconds", "Longest sampler tick in this worker",
+                                     labels=["pid"])
+        if sampler is not None:
+            ticks.add_metric([me], sampler.ticks)
+            errors.add_metric([me], sampler.errors_total)
+            tick_max.add_metric([me], sampler.max_tick_ms / 1000)
+        yield ticks
+        yield errors
+        yield tick_max
+        reports = CounterMetricFamily(PREFIX + "limit_reports", "Reports written near the memory limit",
+                                      labels=["pid"])
+        dropped = CounterMetricFamily(PREFIX + "history_dropped_samples",
+                                      "Samples not written to the history database (queue full)", labels=["pid"])
+        if mw.cluster is not None:
+            reports.add_metric([me], mw.cluster.guard.triggered_total)
+            if mw.cluster.db is not None:
+                dropped.add_metric([me], mw.cluster.db.dropped)
+        yield reports
+        yield dropped
+        import bokeh
+
+        info = GaugeMetricFamily(PREFIX + "build_info", "Versions (value 1)",
+                                 labels=["pid", "version", "bokeh", "python"])
+        info.add_metric([me, __version__, bokeh.__version__, sys.version.split()[0]], 1)
+        yield info
+
+
+def make_registry(memwatch: MemWatch) -> CollectorRegistry:
+    """ A private registry holding memwatch's collector only. """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MemwatchCollector(memwatch))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+class MetricsHandler(JSONHandler):
+    """ ``GET {prefix}/memwatch/metrics``: the text format (errors stay JSON). """
+
+    def initialize(self, memwatch: MemWatch, registry: CollectorRegistry) -> None:  # type: ignore[override]
+        super().initialize(memwatch)
+        self.registry = registry
+
+    def get(self) -> None:
+        no_query_args(self)
+        body = render(self.registry)
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(body)
+
+
+def metrics_routes(memwatch: MemWatch) -> Routes:
+    kw: dict[str, Any] = {"memwatch": memwatch, "registry": make_registry(memwatch)}
+    return [(r"/memwatch/metrics/?", MetricsHandler, kw)]

@@ -47,8 +47,10 @@ __all__ = (
     "DOCS",
     "GLOBAL_SELECT",
     "LAST",
+    "NASTY",
     "STOP",
     "WORKER_PREFIX",
+    "Nasty",
     "counts",
     "global_select",
     "next_worker_name",
@@ -59,6 +61,34 @@ __all__ = (
 
 #: Documents appended by leak_global.py, one per session, never removed.
 DOCS: list[Document] = []
+
+class Nasty:
+    """ Holds a Document; every dunder a diagnostic tool might call misbehaves. """
+
+    def __init__(self, doc: Any, mode: str) -> None:
+        self.doc = doc
+        self.mode = mode
+
+    def __repr__(self) -> str:
+        if self.mode == "raise":
+            raise RuntimeError("repr refuses")
+        import time
+
+        while True:  # hangs: only a deadline gets out of here
+            time.sleep(0.01)
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("eq refuses")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("hash refuses")
+
+    def __del__(self) -> None:
+        raise RuntimeError("del refuses")
+
+
+#: Nasty objects appended by leak_nasty.py.
+NASTY: list[Nasty] = []
 
 #: The last session's Document, overwritten by each new leak_last_session.py session.
 LAST: Document | None = None
@@ -164,10 +194,17 @@ def stop_all(timeout_s: float = 5.0) -> int:
         del callbacks
 
 
+class _Defused:
+    """ What a Nasty becomes before it is dropped, so its __del__ stays quiet. """
+
+
 def reset(timeout_s: float = 5.0) -> None:
     """Release every leak held by this module and stop threads and timers."""
     global LAST, GLOBAL_SELECT
     DOCS.clear()
+    for nasty in NASTY:
+        nasty.__class__ = _Defused  # type: ignore[assignment]
+    NASTY.clear()
     LAST = None
     stop_threads(timeout_s)
     stop_all(timeout_s)

@@ -1,0 +1,67 @@
+""" The one way memwatch turns a foreign object into text.
+
+An object's ``__repr__`` is user code: it can raise, return something huge,
+or never return.  :func:`safe_repr` truncates, catches everything, and where
+it can (the main thread of a process with ``SIGALRM``, which is what a
+forked heap worker is) gives up after a deadline.  Values are shown only when
+the operator opted in (``--memwatch-show-values``); by default memwatch shows
+type names, attribute names, simple keys and sizes only.
+"""
+from __future__ import annotations
+
+import logging
+import reprlib
+import signal
+import threading
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+__all__ = ("safe_repr", "type_name")
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 60
+_REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+_REPR.maxlevel = 2
+
+
+class _ReprTimeout(BaseException):
+    """ Raised from the alarm handler; a BaseException so user code's
+    ``except Exception`` in ``__repr__`` cannot swallow it. """
+
+
+def type_name(obj: object) -> str:
+    """ ``module.QualName`` of the object's type, without touching the object. """
+    kind = type(obj)
+    module = getattr(kind, "__module__", None)
+    qualname = getattr(kind, "__qualname__", kind.__name__)
+    return qualname if module in (None, "builtins") else f"{module}.{qualname}"
+
+
+def _can_alarm() -> bool:
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+def safe_repr(obj: object, *, limit: int = 80, timeout_s: float = 0.05) -> str:
+    """ A short repr of ``obj`` that never raises and, where signals can be
+    used, never takes longer than ``timeout_s``.  Where they cannot (not the
+    main thread) it returns a placeholder instead of calling user code. """
+    if not _can_alarm():
+        return f"<{type_name(obj)}: value not shown outside the heap worker>"
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        raise _ReprTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        text = _REPR.repr(obj)
+    except _ReprTimeout:
+        return f"<{type_name(obj)}: repr took longer than {timeout_s:g} s>"
+    except BaseException as e:  # user code may raise anything, even SystemExit
+        return f"<{type_name(obj)}: repr raised {type(e).__name__}>"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,239 @@
+""" Issue 5: access, cross-site actions, privacy and faults, on real servers. """
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping
+from http import cookiejar
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bokeh.server.auth_provider import AuthModule
+
+from bokeh_memwatch import MemWatch
+from bokeh_memwatch.collectors import default_collectors
+
+from .conftest import PYTHON, ROOT, api, free_port, http, open_and_close_sessions, script_app, wait_until
+
+TOKEN = "correct-horse-battery-staple"
+
+
+# -- access ------------------------------------------------------------------------
+
+
+def test_bokeh_auth_module_guards_memwatch(serve) -> None:
+    auth = AuthModule(str(ROOT / "tests" / "auth_module.py"))
+    server = serve({"/clean": script_app("clean")}, auth_provider=auth)
+    status, _, body = http("GET", f"{server.url}/memwatch/api/summary")
+    assert status == 401 and "login" in body["error"]
+    status, _, body = http("GET", f"{server.url}/memwatch/api/summary", headers={"X-Test-User": "alice"})
+    assert status == 200 and body["pid"] == os.getpid()
+    # Logged-in users may come from anywhere (behind a proxy here).
+    server2 = serve({"/clean": script_app("clean")}, auth_provider=auth, use_xheaders=True)
+    headers = {"X-Test-User": "alice", "X-Forwarded-For": "203.0.113.7"}
+    assert http("GET", f"{server2.url}/memwatch/api/summary", headers=headers)[0] == 200
+
+
+def test_token_modes(serve) -> None:
+    server = serve({"/clean": script_app("clean")}, token=TOKEN, use_xheaders=True)
+    url = f"{server.url}/memwatch/api/summary"
+    assert http("GET", url)[0] == 401  # even from loopback, once a token is set
+    assert http("GET", url, headers={"X-Memwatch-Token": "wrong-token-wrong-token"})[0] == 401
+    assert http("GET", url, headers={"X-Memwatch-Token": TOKEN})[0] == 200
+    assert http("GET", url, headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    remote = {"X-Forwarded-For": "203.0.113.7"}
+    assert http("GET", url, headers={**remote, "X-Memwatch-Token": TOKEN})[0] == 200
+    # A one-time ?token= sets an HttpOnly, SameSite=Strict cookie that works alone.
+    jar = cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(f"{url}?token={urllib.parse.quote(TOKEN)}", timeout=30) as response:
+        assert response.status == 200
+        set_cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie and "memwatch_token" in set_cookie
+    with opener.open(url, timeout=30) as response:
+        assert response.status == 200
+    # The token is never echoed.
+    summary = api_with(url, {"X-Memwatch-Token": TOKEN})
+    assert TOKEN not in str(summary) and summary["options"]["token"] == "(set)"
+
+
+def api_with(url: str, headers: Mapping[str, str]) -> Any:
+    status, _, body = http("GET", url, headers=headers)
+    assert status == 200, body
+    return body
+
+
+def test_http_side_can_be_turned_off(serve) -> None:
+    server = serve({"/clean": script_app("clean")}, http=False)
+    assert http("GET", f"{server.url}/memwatch/api/summary")[0] == 404
+    # Sampling goes on.
+    assert server.call(lambda: server.memwatch.running)
+    wait_until(lambda: server.memwatch.sampler is not None and server.memwatch.sampler.ticks >= 2)
+
+
+def _netns_available() -> bool:
+    return sys.platform.startswith("linux") and os.geteuid() == 0 and shutil.which("ip") is not None
+
+
+@pytest.fixture
+def netns() -> Iterator[tuple[str, str, str]]:
+    """ A network namespace of our own, joined to this one by a veth pair:
+    (namespace, host-side address, namespace-side address). """
+    if not _netns_available():
+        pytest.skip("needs root and iproute2 to make a network namespace")
+    n = os.getpid() % 10000
+    ns, host_if, ns_if = f"mwtest{n}", f"mwh{n}", f"mwn{n}"
+    host_ip, ns_ip = "10.231.77.1", "10.231.77.2"
+    steps = [
+        ["ip", "netns", "add", ns],
+        ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
+        ["ip", "link", "set", ns_if, "netns", ns],
+        ["ip", "addr", "add", f"{host_ip}/30", "dev", host_if],
+        ["ip", "link", "set", host_if, "up"],
+        ["ip", "netns", "exec", ns, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_if],
+        ["ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up"],
+        ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"],
+    ]
+    try:
+        for step in steps:
+            result = subprocess.run(step, capture_output=True, text=True, timeout=30, check=False)
+            if result.returncode != 0:
+                pytest.skip(f"cannot make a network namespace here: {' '.join(step)}: {result.stderr.strip()}")
+        yield ns, host_ip, ns_ip
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, timeout=30, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
+
+
+def _get_from_namespace(ns: str, url: str, headers: Mapping[str, str] | None = None) -> int:
+    code = (
+        "import sys, urllib.request, urllib.error\n"
+        f"req = urllib.request.Request({url!r}, headers={dict(headers or {})!r})\n"
+        "try:\n"
+        "    print(urllib.request.urlopen(req, timeout=20).status)\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code)\n"
+    )
+    result = subprocess.run(["ip", "netns", "exec", ns, PYTHON, "-c", code],
+                            capture_output=True, text=True, timeout=60, check=True)
+    return int(result.stdout.strip())
+
+
+def test_loopback_only_from_a_real_non_loopback_address(serve, netns) -> None:
+    ns, host_ip, _ = netns
+    server = serve({"/clean": script_app("clean")}, address=host_ip)
+    base = f"http://{host_ip}:{server.server.port}"
+    assert _get_from_namespace(ns, f"{base}/memwatch/api/summary") == 403
+    assert _get_from_namespace(ns, f"{base}/clean") == 200  # the app itself is served
+    tokened = serve({"/clean": script_app("clean")}, address=host_ip, token=TOKEN)
+    url = f"http://{host_ip}:{tokened.server.port}/memwatch/api/summary"
+    assert _get_from_namespace(ns, url) == 401
+    assert _get_from_namespace(ns, url, {"X-Memwatch-Token": TOKEN}) == 200
+
+
+def test_panel_basic_auth_guards_memwatch(run_command) -> None:
+    port = free_port()
+    panel = str(Path(PYTHON).with_name("panel"))
+    server = run_command(
+        [panel, "serve", "tests/apps/panel_clean.py", "--plugins", "bokeh_memwatch.panel",
+         "--port", str(port), "--address", "127.0.0.1", "--basic-auth", "letmein-please",
+         "--cookie-secret", "memwatch-test-cookie-secret-0123456789"],
+        port, ready_statuses=(401,),
+    )
+    assert http("GET", f"{server.url}/memwatch/api/summary")[0] == 401
+    jar = cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    form = urllib.parse.urlencode({"username": "ops", "password": "letmein-please"}).encode()
+    with opener.open(f"{server.url}/login", data=form, timeout=30) as response:
+        assert response.status == 200
+    assert any(c.name == "user" for c in jar)
+    with opener.open(f"{server.url}/memwatch/api/summary", timeout=30) as response:
+        assert response.status == 200
+
+
+# -- cross-site actions ---------------------------------------------------------------
+
+
+def test_cross_site_actions_are_refused(serve) -> None:
+    server = serve({"/clean": script_app("clean")}, gc_min_interval_s=0)
+    url = f"{server.url}/memwatch/api/gc"
+    host = url.split("/")[2]
+    json_type = {"Content-Type": "application/json"}
+    cases = [
+        ({**json_type, "Origin": "http://evil.example"}, 403),
+        ({**json_type, "Sec-Fetch-Site": "cross-site"}, 403),
+        ({**json_type, "Sec-Fetch-Site": "same-site"}, 403),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),  # what a plain HTML form sends
+        ({"Content-Type": "text/plain"}, 415),
+        ({**json_type, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}, 200),
+        (json_type, 200),  # a script (curl, requests) sends no Origin
+    ]
+    for headers, expected in cases:
+        status, _, body = http("POST", url, body={}, headers=headers) if "json" in headers["Content-Type"] \
+            else http("POST", url, headers=headers)
+        assert status == expected, (headers, body)
+    # GET never changes state.
+    assert http("GET", url)[0] == 405
+
+
+# -- privacy -------------------------------------------------------------------------
+
+
+def test_chains_show_no_values_by_default_and_safe_values_on_request(serve) -> None:
+    quiet = serve({"/app": script_app("leak_nasty")}, gc_min_interval_s=0)
+    [sid] = open_and_close_sessions(quiet.url + "/app", 1)
+    wait_until(lambda: api(quiet.url, "summary")["sessions_destroyed_total"] >= 1)
+    api(quiet.url, "gc", "POST")
+    chain = api(quiet.url, f"orphans/{sid}/chain", "POST")
+    assert chain["complete"] and ".NASTY" in chain["text"] and ".doc" in chain["text"], chain["text"]
+    assert all("value" not in hop for hop in chain["chain"])
+
+    shown = serve({"/app": script_app("leak_nasty")}, gc_min_interval_s=0, show_values=True)
+    ids = open_and_close_sessions(shown.url + "/app", 2)  # one Nasty whose repr raises, one that hangs
+    wait_until(lambda: api(shown.url, "summary")["sessions_destroyed_total"] >= 2)
+    api(shown.url, "gc", "POST")
+    values = []
+    for sid in ids:
+        chain = api(shown.url, f"orphans/{sid}/chain", "POST")
+        assert chain["complete"], chain
+        nasty = next(hop for hop in chain["chain"] if hop["type"].endswith("Nasty"))
+        values.append(nasty["value"])
+        assert all(len(hop["value"]) <= 80 for hop in chain["chain"])
+    # (reprlib reports a raising __repr__ as "<Nasty instance at 0x...>": no value either way.)
+    assert any("repr raised RuntimeError" in v or "Nasty instance at" in v for v in values), values
+    assert any("repr took longer" in v for v in values), values
+
+
+# -- faults ------------------------------------------------------------------------------
+
+
+class BrokenCollector:
+    name = "broken"
+
+    def collect(self) -> Mapping[str, float]:
+        raise OSError("cannot read /proc today")
+
+
+def test_a_failing_collector_is_logged_once_and_marked(serve, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="bokeh_memwatch")
+    mw = MemWatch(interval_ms=50, collectors=lambda: [*default_collectors(), BrokenCollector()])
+    server = serve({"/app": script_app("leak_nasty")}, memwatch=mw, gc_min_interval_s=0)
+    wait_until(lambda: mw.sampler is not None and mw.sampler.ticks >= 10, what="ticks")
+    warnings = [r for r in caplog.records if "broken" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    samples = api(server.url, "history")["samples"]
+    assert samples and all(s["errors"] >= 1 and s["rss_bytes"] > 0 for s in samples)
+    summary = api(server.url, "summary")
+    assert summary["sampler"]["failed_collectors"] == ["broken"] and summary["sampler"]["running"]
+    # The app with a column that refuses its size still counts, and the server still serves.
+    [sid] = open_and_close_sessions(server.url + "/app", 1)
+    wait_until(lambda: api(server.url, "summary")["sessions_destroyed_total"] >= 1)
+    api(server.url, "gc", "POST")
+    wait_until(lambda: api(server.url, "summary")["orphans"] == 1)
+    assert api(server.url, f"orphans/{sid}/chain", "POST")["complete"]

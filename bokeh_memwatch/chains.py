@@ -35,6 +35,8 @@ from typing import Any
 
 import objgraph
 
+from .saferepr import safe_repr
+
 log = logging.getLogger(__name__)
 
 __all__ = (
@@ -159,6 +161,7 @@ def find_chain(
     max_depth: int = 25,
     deadline_s: float = 10.0,
     ignore_ids: Collection[int] = (),
+    values: bool = False,
 ) -> dict[str, Any]:
     """ Find a shortest chain of references from a root to ``target``.
 
@@ -171,6 +174,8 @@ def find_chain(
         deadline_s: wall-clock budget; each step scans the whole heap.
         ignore_ids: ids of objects that must not be part of a chain (the
             caller's own containers).
+        values: add each hop's ``"value"``, a short repr made by
+            :func:`bokeh_memwatch.saferepr.safe_repr` (operator opt-in only).
 
     Returns:
         ``{"chain": [hop, ...], "root": {"kind", "name"} | None,
@@ -271,7 +276,7 @@ def find_chain(
             path.append(seen[node_id])
             node_id = parent[node_id]
         root_info = classify(path[0]) if root_id is not None else None
-        chain = _build_hops(path, root_info, roots)
+        chain = _build_hops(path, root_info, roots, values=values)
         path.clear()
         return {
             "chain": chain,
@@ -427,7 +432,7 @@ def _first_referent_in(source: object, wanted_ids: set[int]) -> int | None:
 
 
 def _build_hops(
-    path: list[object], root_info: tuple[str, str] | None, roots: Roots | None,
+    path: list[object], root_info: tuple[str, str] | None, roots: Roots | None, *, values: bool = False,
 ) -> list[dict[str, Any]]:
     """ Hops from ``path[0]`` (root or deepest object) to ``path[-1]``. """
     hops: list[dict[str, Any]] = []
@@ -437,17 +442,21 @@ def _build_hops(
             # The frame itself is not an object we can reach: a synthetic hop.
             hops.append({"type": "builtins.frame", "via": None, "name": site[0]})
             hops.append({"type": _type_name(path[0]), "via": f"local '{site[1]}'"})
-            _append_hops(hops, path, 0)
+            if values:
+                hops[-1]["value"] = safe_repr(path[0])
+            _append_hops(hops, path, 0, values=values)
             return hops
     first: dict[str, Any] = {"type": _type_name(path[0]), "via": None}
     if root_info is not None:
         first["name"] = root_info[1]
+    if values:
+        first["value"] = safe_repr(path[0])
     hops.append(first)
-    _append_hops(hops, path, 0)
+    _append_hops(hops, path, 0, values=values)
     return hops
 
 
-def _append_hops(hops: list[dict[str, Any]], path: list[object], start: int) -> None:
+def _append_hops(hops: list[dict[str, Any]], path: list[object], start: int, *, values: bool = False) -> None:
     """ Append hops for ``path[start+1:]``, collapsing internal containers. """
     i = start
     while i < len(path) - 1:
@@ -458,7 +467,10 @@ def _append_hops(hops: list[dict[str, Any]], path: list[object], start: int) -> 
         # cells, partial args) unless one of them is the target itself.
         while j < len(path) - 1 and id(path[j]) in internals:
             j += 1
-        hops.append({"type": _type_name(path[j]), "via": describe_edge(src, path[j])})
+        hop = {"type": _type_name(path[j]), "via": describe_edge(src, path[j])}
+        if values:
+            hop["value"] = safe_repr(path[j])
+        hops.append(hop)
         i = j
 
 

@@ -22,6 +22,7 @@ from bokeh.command.util import die
 
 from . import __version__
 from .core import MemWatch, MemwatchOptions, options_from_env
+from .snapshot_command import MemwatchDiff, MemwatchReport
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,30 @@ class MemwatchServe(Serve):
             action="store_true",
             help="Answer non-loopback clients when the server has no authentication",
         )),
+        ("--memwatch-token", Argument(
+            metavar="TOKEN", default=None,
+            help="Require this token on every memwatch request (X-Memwatch-Token header, "
+                 "'Authorization: Bearer', or a one-time ?token= that sets a cookie); "
+                 "better set through BOKEH_MEMWATCH_TOKEN, which other users cannot read in ps",
+        )),
+        ("--memwatch-no-http", Argument(
+            action="store_true",
+            help="Do not mount memwatch's HTTP side (sampling and metrics go on)",
+        )),
+        ("--memwatch-show-values", Argument(
+            action="store_true",
+            help="Show short, truncated reprs of objects in 'why alive' chains (off: types and names only)",
+        )),
+        ("--memwatch-history-dir", Argument(
+            metavar="DIR", default=None,
+            help="Directory of the SQLite history shared by the workers and kept across restarts "
+                 "(default: $XDG_STATE_HOME/bokeh-memwatch or ~/.local/state/bokeh-memwatch; 'none': off)",
+        )),
+        ("--memwatch-limit-fraction", Argument(
+            metavar="FRACTION", type=float, default=None,
+            help="Write a report (and a tracemalloc snapshot when tracing) when RSS reaches this fraction "
+                 f"of the container's memory limit (default: {_DEFAULTS.limit_fraction:g}; 0: never)",
+        )),
         ("--memwatch-tracemalloc", Argument(
             metavar="FRAMES", type=int, default=None,
             help="Start tracemalloc with this many frames before the apps are loaded",
@@ -114,12 +139,20 @@ class MemwatchServe(Serve):
             ("memwatch_history", "history_s"),
             ("memwatch_orphan_grace", "orphan_grace_ms"),
             ("memwatch_chain_timeout", "chain_timeout_s"),
+            ("memwatch_history_dir", "history_dir"),
+            ("memwatch_limit_fraction", "limit_fraction"),
         ):
             value = getattr(args, flag, None)
             if value is not None:
                 overrides[field] = value
         if getattr(args, "memwatch_allow_remote", False):
             overrides["allow_remote"] = True
+        if getattr(args, "memwatch_token", None):
+            overrides["token"] = args.memwatch_token
+        if getattr(args, "memwatch_no_http", False):
+            overrides["http"] = False
+        if getattr(args, "memwatch_show_values", False):
+            overrides["show_values"] = True
         return MemwatchOptions(**overrides)
 
     def invoke(self, args: argparse.Namespace) -> None:
@@ -152,10 +185,14 @@ class MemwatchServe(Serve):
         server = super().customize_server(server)
         assert self.memwatch is not None
         self.memwatch.note_tornado_app(tornado_app_of(server))
+        self.memwatch.server_port = server.port
         return server
 
 
-SUBCOMMANDS = (MemwatchServe,)
+# check_command subclasses MemwatchServe, so it is imported once that exists.
+from .check_command import MemwatchCheck  # noqa: E402
+
+SUBCOMMANDS = (MemwatchServe, MemwatchDiff, MemwatchReport, MemwatchCheck)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -24,25 +24,28 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 
 from . import chains
+from .cluster import WORKER_FIELDS, Cluster, server_key
 from .collectors import Collector, ProcessCollector, default_collectors
 from .heapwork import HeapWorker
 from .instrument import MemwatchAppHandler
 from .sampler import Sampler
+from .snapshots import SnapshotManager
 from .store import SampleStore
-from .tracker import LiveSession, SessionTracker, source_bytes
+from .tracker import SessionTracker, source_bytes
 
 if TYPE_CHECKING:
     from bokeh.application.application import ServerContext
     from bokeh.document import Document
     from bokeh.server.contexts import ApplicationContext
     from bokeh.server.server import BaseServer
+    from bokeh.server.session import ServerSession
     from bokeh.server.tornado import BokehTornado
     from tornado.ioloop import IOLoop
 
@@ -60,6 +63,10 @@ __all__ = (
 Applications: TypeAlias = (
     "Mapping[str, Application | Callable[[Document], None]] | Application | Callable[[Document], None]"
 )
+
+
+#: Time an API request may spend refreshing per-Model figures of destroyed sessions.
+ON_DEMAND_BUDGET_S = 0.05
 
 
 class UnknownSession(LookupError):
@@ -80,7 +87,17 @@ class MemwatchOptions:
         chain_max_depth: longest reference chain searched.
         chain_cache_s: how long a chain answer is reused.
         gc_min_interval_s: least time between two collections asked over HTTP.
+        tick_budget_ms: time a sample may spend on per-Model figures (bytes in
+            ColumnDataSources, Models alive after a destroy), refreshed
+            round-robin across sessions; counts of sessions, Documents,
+            Models and orphans are exact at every sample regardless.
         max_destroyed: destroyed sessions still holding something remembered.
+        token: when set, every HTTP request must carry it (header
+            ``Authorization: Bearer``/``X-Memwatch-Token``, the cookie set by
+            a one-time ``?token=``); also lets remote clients in.
+        http: mount the HTTP side (API, dashboard); off keeps sampling and
+            metrics only.
+        show_values: add short reprs of objects to "why alive" chains.
     """
 
     interval_ms: int = 5000
@@ -92,16 +109,56 @@ class MemwatchOptions:
     chain_cache_s: float = 60.0
     gc_min_interval_s: float = 10.0
     max_destroyed: int = 10_000
+    tick_budget_ms: float = 1.0
+    token: str = field(default="", repr=False)
+    http: bool = True
+    show_values: bool = False
+    # Heap snapshots (snapshots.py): files kept, their total bytes, the least
+    # time between two pympler summaries, the longest one snapshot job may run.
+    max_snapshots: int = 5
+    max_snapshot_bytes: int = 512 * 1024 * 1024
+    types_min_interval_s: float = 30.0
+    snapshot_timeout_s: float = 300.0
+    # Beyond one process (cluster.py): the SQLite history ("" the per-user
+    # default directory, "none" off) and its size bound; the cgroup mount
+    # read for the memory limit; the fraction of it at which a report is
+    # written, and the least time between two such reports.
+    history_dir: str = ""
+    history_max_bytes: int = 64 * 1024 * 1024
+    cgroup_root: str = "/sys/fs/cgroup"
+    limit_fraction: float = 0.9
+    limit_min_interval_s: float = 600.0
 
     def __post_init__(self) -> None:
+        if self.history_max_bytes < 64 * 1024:
+            raise ValueError(f"history_max_bytes must be at least 65536, got {self.history_max_bytes}")
+        if not 0 <= self.limit_fraction <= 1:
+            raise ValueError(f"limit_fraction must be between 0 (off) and 1, got {self.limit_fraction}")
+        if self.limit_min_interval_s < 0:
+            raise ValueError(f"limit_min_interval_s must be >= 0, got {self.limit_min_interval_s}")
+        for name in ("max_snapshots", "max_snapshot_bytes", "snapshot_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.types_min_interval_s < 0:
+            raise ValueError(f"types_min_interval_s must be >= 0, got {self.types_min_interval_s}")
         for name in ("interval_ms", "history_s", "chain_max_depth", "max_destroyed"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("orphan_grace_ms", "chain_cache_s", "gc_min_interval_s"):
+        for name in ("orphan_grace_ms", "chain_cache_s", "gc_min_interval_s", "tick_budget_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.chain_timeout_s <= 0:
             raise ValueError(f"chain_timeout_s must be > 0, got {self.chain_timeout_s}")
+        if self.token and len(self.token) < 16:
+            raise ValueError(
+                "token must be at least 16 characters (python -c 'import secrets; print(secrets.token_urlsafe())')"
+            )
+
+    def public(self) -> dict[str, Any]:
+        """ The options as shown over HTTP: the token is never echoed. """
+        shown = asdict(self)
+        shown["token"] = "(set)" if self.token else ""
+        return shown
 
     @property
     def capacity(self) -> int:
@@ -142,6 +199,11 @@ class MemWatch:
         self._chain_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._last_gc: float = float("-inf")
         self._process: ProcessCollector | None = None
+        self.snapshots: SnapshotManager | None = None
+        #: History database, workers, memory limit (made in start()).
+        self.cluster: Cluster | None = None
+        #: The server's port, when the way in knows it (names its history).
+        self.server_port: int | None = None
 
     # -- wiring -------------------------------------------------------------
 
@@ -150,6 +212,10 @@ class MemWatch:
         prepends the server's ``--prefix`` to each. """
         from .views import routes
 
+        if not self.options.http:
+            from .metrics import metrics_routes
+
+            return metrics_routes(self)
         return routes(self)
 
     def instrument(self, applications: Applications) -> dict[str, Application]:
@@ -219,6 +285,8 @@ class MemWatch:
         self._started_at = time.time()
         self._io_loop = io_loop
         collectors = self._collector_factory()
+        self.cluster = Cluster(self, key=self._server_key())
+        collectors = [*collectors, self.cluster.cgroup]
         self._process = next((c for c in collectors if isinstance(c, ProcessCollector)), None) or ProcessCollector()
         self.store = SampleStore(self.options.capacity)
         self.sampler = Sampler(
@@ -227,13 +295,35 @@ class MemWatch:
             sessions=self.live_sessions,
             collectors=collectors,
             interval_ms=self.options.interval_ms,
+            budget_s=self.options.tick_budget_ms / 1000,
+            listeners=[self.cluster.on_sample],
         )
+        self.cluster.start()
         self.sampler.start(io_loop)
         log.info("memwatch sampling every %d ms in process %d", self.options.interval_ms, self._pid)
+        self.snapshots = SnapshotManager(
+            self.heap_worker, max_snapshots=self.options.max_snapshots,
+            max_snapshot_bytes=self.options.max_snapshot_bytes,
+            types_min_interval_s=self.options.types_min_interval_s, timeout_s=self.options.snapshot_timeout_s,
+        )
+        self.snapshots.start()
 
     def stop(self) -> None:
         if self.sampler is not None:
             self.sampler.stop()
+        if self.snapshots is not None:
+            self.snapshots.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def _server_key(self) -> str:
+        """ Names this server's rows in the shared history: port, prefix, apps. """
+        app = self._tornado() if self._tornado is not None else None
+        paths = list(app.applications) if app is not None else [
+            h.app_path for a in self._app_refs for h in a.handlers
+            if isinstance(h, MemwatchAppHandler) and h.listener is self
+        ]
+        return server_key(self.server_port, app.prefix if app is not None else "", paths)
 
     @property
     def running(self) -> bool:
@@ -241,28 +331,18 @@ class MemWatch:
 
     # -- reading the server -------------------------------------------------------
 
-    def live_sessions(self) -> dict[str, list[LiveSession]]:
-        """ The server's sessions per application path, as plain records. """
-        out: dict[str, list[LiveSession]] = {}
-        for path, context in list(self._contexts.items()):
-            items = out[path] = []
-            for session in list(context.sessions):
-                if session.destroyed:
-                    continue
-                items.append(
-                    LiveSession(
-                        session_id=session.id,
-                        document=session.document,
-                        connections=session.connection_count,
-                        ms_since_unsubscribe=session.milliseconds_since_last_unsubscribe,
-                    )
-                )
-        return out
+    def live_sessions(self) -> dict[str, list[ServerSession]]:
+        """ The server's sessions per application path (Bokeh's own objects,
+        read by the tracker without copying). """
+        return {path: list(context.sessions) for path, context in list(self._contexts.items())}
 
     # -- queries (plain data, for the views) -------------------------------------
 
+    def _observe(self) -> Any:
+        return self.tracker.observe(self.live_sessions(), budget_s=self.options.tick_budget_ms / 1000)
+
     def summary(self) -> dict[str, Any]:
-        counts = self.tracker.observe(self.live_sessions())
+        counts = self._observe()
         latest = self.store.latest() if self.store is not None else None
         now = time.time()
         result: dict[str, Any] = {
@@ -279,9 +359,15 @@ class MemWatch:
         result.update(self.tracker.counters())
         result["apps"] = {path: {k: int(v) for k, v in app.items()} for path, app in counts.apps.items()}
         result["sampler"] = self.sampler_state()
-        result["options"] = asdict(self.options)
+        result["options"] = self.options.public()
         result["server"] = self.server_settings()
         result["versions"] = versions()
+        if self.cluster is not None:
+            # This worker's entry has the live figures above; the others' their latest sample.
+            live = {**(latest or {}), **{k: v for k, v in result.items() if k in WORKER_FIELDS}, "t": now}
+            result["workers"] = self.cluster.workers(live)
+            result.update(self.cluster.limit_state(result["rss_bytes"]))
+            result["history"] = self.cluster.history_state()
         return result
 
     def sampler_state(self) -> dict[str, Any]:
@@ -297,6 +383,7 @@ class MemWatch:
             "samples": len(store) if store else 0,
             "capacity": store.capacity if store else self.options.capacity,
             "store_bytes": store.nbytes() if store else 0,
+            "registry_bytes": self.tracker.nbytes(),
         }
 
     def server_settings(self) -> dict[str, Any]:
@@ -317,7 +404,7 @@ class MemWatch:
             self._tornado = weakref.ref(app)
 
     def sessions(self, app: str | None = None) -> list[dict[str, Any]]:
-        self.tracker.observe(self.live_sessions())
+        self._observe()
         rows = self.tracker.live_sessions()
         if app is not None:
             rows = [row for row in rows if row["app"] == app]
@@ -325,17 +412,56 @@ class MemWatch:
         return rows
 
     def orphans(self) -> dict[str, list[dict[str, Any]]]:
-        rows = self.tracker.destroyed_holding()
+        rows = self.tracker.destroyed_holding(budget_s=ON_DEMAND_BUDGET_S)
         return {
             "orphans": [r for r in rows if r["status"] == "orphan"],
             "retained_models": [r for r in rows if r["status"] == "models_retained"],
             "pending": [r for r in rows if r["status"] == "pending"],
         }
 
-    def history(self, *, since: float | None, limit: int) -> list[dict[str, Any]]:
-        if self.store is None:
-            return []
-        return self.store.query(since=since, limit=limit)
+    def cleanup_hooks(self) -> dict[str, dict[str, int]]:
+        """ Per app: sessions seen and how many had an ``on_session_destroyed``
+        callback of the app's own when their Document was made. """
+        out: dict[str, dict[str, int]] = {}
+        for app in list(self._app_refs):
+            for handler in app.handlers:
+                if isinstance(handler, MemwatchAppHandler) and handler.listener is self:
+                    out[handler.app_path] = {
+                        "sessions": handler.sessions_seen, "with_hooks": handler.sessions_with_hooks,
+                    }
+        return out
+
+    def advice(self, *, rounds: Mapping[str, Any] | None = None, history_limit: int = 720) -> list[dict[str, Any]]:
+        """ The article's checklist applied to live data (see :mod:`.advice`);
+        ``rounds`` is what ``bokeh-memwatch check`` measured, per app. """
+        from .advice import advise
+
+        summary = self.summary()
+        orphans = self.orphans()
+        return advise(
+            summary,
+            sessions=self.sessions(),
+            retained=[*orphans["orphans"], *orphans["retained_models"]],
+            history=self.history(since=None, limit=history_limit),
+            cleanup_hooks=self.cleanup_hooks(),
+            rounds=rounds,
+        )
+
+    def history(self, *, since: float | None, limit: int, merged: bool = False,
+                pid: int | None = None) -> list[dict[str, Any]]:
+        """ Samples after ``since``, oldest first, the newest ``limit``, each
+        with its ``pid``: this process's (from memory), or with ``merged``
+        also the history database's (other workers, earlier runs; see
+        :meth:`Cluster.history`), optionally of one ``pid`` only. """
+        me = os.getpid()
+        local: list[dict[str, Any]] = []
+        if self.store is not None and pid in (None, me):
+            local = self.store.query(since=since, limit=limit)
+        for sample in local:
+            sample["pid"] = me
+        if not merged or self.cluster is None:
+            return local
+        return self.cluster.history(local, since=since, limit=limit, pid=pid)
 
     def collect_garbage(self) -> dict[str, Any]:
         """ Run one full collection now, at most once per ``gc_min_interval_s``.
@@ -351,6 +477,15 @@ class MemWatch:
         started = time.perf_counter()
         collected = gc.collect()
         return {"ran": True, "collected": collected, "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    def cached_chain(self, session_id: str) -> dict[str, Any] | None:
+        """ The last chain searched for this session, if still fresh. """
+        if self.tracker.find(session_id) is None:
+            raise UnknownSession(session_id)
+        cached = self._chain_cache.get(session_id)
+        if cached is None or time.monotonic() - cached[0] >= self.options.chain_cache_s:
+            return None
+        return {**cached[1], "cached": True}
 
     async def chain(self, session_id: str) -> dict[str, Any]:
         """ Why is this destroyed session's Document (or Model) still alive?
@@ -372,6 +507,7 @@ class MemWatch:
         job = functools.partial(
             _search_chain, target_ref, chains.capture_roots(),
             max_depth=self.options.chain_max_depth, deadline_s=self.options.chain_timeout_s * 0.8,
+            values=self.options.show_values,
         )
         try:
             outcome = await self.heap_worker.run(job, timeout_s=self.options.chain_timeout_s)
@@ -407,13 +543,14 @@ class SessionCollected(LookupError):
 
 
 def _search_chain(
-    target_ref: weakref.ReferenceType[Any], roots: chains.Roots, *, max_depth: int, deadline_s: float
+    target_ref: weakref.ReferenceType[Any], roots: chains.Roots, *, max_depth: int, deadline_s: float,
+    values: bool = False,
 ) -> dict[str, Any]:
     """ The chain search itself; runs in the heap worker (a forked child). """
     target = target_ref()
     if target is None:
         return {"chain": [], "root": None, "complete": False, "reason": "collected before the search"}
-    return chains.find_chain(target, roots=roots, max_depth=max_depth, deadline_s=deadline_s)
+    return chains.find_chain(target, roots=roots, max_depth=max_depth, deadline_s=deadline_s, values=values)
 
 
 def _chain_target(

@@ -23,7 +23,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ("MemwatchAppHandler",)
+__all__ = ("MemwatchAppHandler", "own_cleanup_hooks")
+
+#: Modules whose ``on_session_destroyed`` callbacks are the framework's, not the app's.
+_FRAMEWORK_MODULES = ("bokeh.", "bokeh_memwatch.", "panel.", "param.", "holoviews.", "pyviz_comms.")
+
+
+def own_cleanup_hooks(doc: Document) -> int:
+    """ How many ``on_session_destroyed`` callbacks on ``doc`` are the app's own
+    (Panel and Bokeh register some of their own on every Document). """
+    count = 0
+    for callback in list(doc.session_destroyed_callbacks):
+        func = getattr(callback, "func", callback)  # functools.partial
+        module = getattr(func, "__module__", None) or ""
+        if not (module + ".").startswith(_FRAMEWORK_MODULES):
+            count += 1
+    return count
 
 
 class _Listener(Protocol):
@@ -40,6 +55,10 @@ class MemwatchAppHandler(Handler):
         super().__init__()
         self.app_path = app_path
         self.listener = listener
+        #: Sessions seen, and how many had a cleanup hook of the app's own
+        #: when their Document was made (this handler runs after the app's).
+        self.sessions_seen = 0
+        self.sessions_with_hooks = 0
 
     def modify_document(self, doc: Document) -> None:
         context = doc.session_context
@@ -49,6 +68,12 @@ class MemwatchAppHandler(Handler):
             self.listener.document_created(self.app_path, context.id, doc)
         except Exception:
             log.exception("memwatch could not register a session of %s", self.app_path)
+        self.sessions_seen += 1
+        try:
+            if own_cleanup_hooks(doc):
+                self.sessions_with_hooks += 1
+        except Exception:
+            log.debug("memwatch could not read the cleanup hooks of %s", self.app_path, exc_info=True)
 
     def on_server_loaded(self, server_context: ServerContext) -> None:
         try:

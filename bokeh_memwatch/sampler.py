@@ -16,13 +16,14 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from .collectors import Collector
 from .store import SampleStore
-from .tracker import LiveSession, SessionTracker
+from .tracker import SessionLike, SessionTracker
 
 log = logging.getLogger(__name__)
 
 __all__ = ("Sampler",)
 
-SessionSource = Callable[[], Mapping[str, Iterable[LiveSession]]]
+SessionSource = Callable[[], Mapping[str, Iterable[SessionLike]]]
+SampleListener = Callable[[Mapping[str, float], Mapping[str, Mapping[str, float]]], None]
 
 
 class Sampler:
@@ -34,6 +35,11 @@ class Sampler:
         sessions: returns the server's live sessions per application path.
         collectors: process-wide collectors.
         interval_ms: time between ticks; must be > 0.
+        budget_s: time a tick may spend on per-Model figures (see
+            ``SessionTracker.observe``); None for no limit.
+        listeners: called with each sample (process fields, per-app
+            fields) after it is stored; must be quick (the history
+            database only queues it).  One that raises is logged once.
         clock: unix time in seconds (injectable for tests).
     """
 
@@ -45,6 +51,8 @@ class Sampler:
         sessions: SessionSource,
         collectors: Sequence[Collector],
         interval_ms: int,
+        budget_s: float | None = None,
+        listeners: Sequence[SampleListener] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         if interval_ms <= 0:
@@ -55,6 +63,8 @@ class Sampler:
         self._sessions = sessions
         self._collectors = list(collectors)
         self._clock = clock
+        self._budget_s = budget_s
+        self._listeners = list(listeners)
         self._callback: PeriodicCallback | None = None
         self._failed: set[str] = set()
         self.ticks = 0
@@ -98,7 +108,7 @@ class Sampler:
                 errors += 1
                 self._failed_once(getattr(collector, "name", type(collector).__name__))
         try:
-            counts = self.tracker.observe(self._sessions())
+            counts = self.tracker.observe(self._sessions(), budget_s=self._budget_s)
         except Exception:
             errors += 1
             self._failed_once("sessions")
@@ -116,6 +126,11 @@ class Sampler:
             self.store.append(process, apps)
         except Exception:
             self._failed_once("store")
+        for listener in self._listeners:
+            try:
+                listener(process, apps)
+            except Exception:
+                self._failed_once(getattr(listener, "__qualname__", "listener"))
         self.ticks += 1
         self.last_tick_ms = elapsed_ms
         self.max_tick_ms = max(self.max_tick_ms, elapsed_ms)

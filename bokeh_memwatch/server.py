@@ -39,4 +39,5 @@ def memwatch_server(
     server_kwargs["extra_patterns"] = [*(server_kwargs.get("extra_patterns") or []), *mw.patterns()]
     server = Server(apps, **server_kwargs)
     mw.note_tornado_app(tornado_app_of(server))
+    mw.server_port = server.port
     return server

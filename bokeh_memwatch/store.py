@@ -67,18 +67,23 @@ _NAN = float("nan")
 
 
 class _Ring:
-    """ Fixed-capacity columns of doubles written round-robin. """
+    """ Columns of doubles that grow to ``capacity`` and are then written
+    round-robin (so a long history costs memory only once it is filled). """
 
     __slots__ = ("capacity", "columns")
 
-    def __init__(self, fields: Sequence[str], capacity: int) -> None:
+    def __init__(self, fields: Sequence[str], capacity: int, filled: int = 0) -> None:
         self.capacity = capacity
-        self.columns = {name: array("d", [_NAN]) * capacity for name in fields}
+        self.columns = {name: array("d", [_NAN]) * filled for name in fields}
 
     def put(self, slot: int, values: Mapping[str, float]) -> None:
         for name, column in self.columns.items():
             value = values.get(name)
-            column[slot] = _NAN if value is None else float(value)
+            number = _NAN if value is None else float(value)
+            if slot == len(column):
+                column.append(number)
+            else:
+                column[slot] = number
 
     def get(self, slot: int) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
@@ -131,16 +136,24 @@ class SampleStore:
             self._process.put(slot, process)
             for name, ring in self._apps.items():
                 ring.put(slot, apps.get(name, {}))
-                self._app_seen[name][slot] = 1 if name in apps else 0
+                seen = self._app_seen[name]
+                if slot == len(seen):
+                    seen.append(1 if name in apps else 0)
+                else:
+                    seen[slot] = 1 if name in apps else 0
             for name, values in apps.items():
                 if name in self._apps:
                     continue
                 if len(self._apps) >= self._max_apps:
                     continue
-                ring = self._apps[name] = _Ring(APP_FIELDS, self._capacity)
-                self._app_seen[name] = array("b", [0]) * self._capacity
+                filled = min(self._count, self._capacity)
+                ring = self._apps[name] = _Ring(APP_FIELDS, self._capacity, filled)
+                self._app_seen[name] = array("b", [0]) * filled
                 ring.put(slot, values)
-                self._app_seen[name][slot] = 1
+                if slot == len(self._app_seen[name]):
+                    self._app_seen[name].append(1)
+                else:
+                    self._app_seen[name][slot] = 1
             self._count += 1
 
     def latest(self) -> dict[str, Any] | None:
@@ -153,11 +166,22 @@ class SampleStore:
         with self._lock:
             n = min(self._count, self._capacity)
             start = self._count - n
-            slots: Iterable[int] = (i % self._capacity for i in range(start, self._count))
             t_column = self._process.columns["t"]
-            picked = [slot for slot in slots if since is None or t_column[slot] > since]
+            first = start
+            if since is not None:
+                # Times are appended in order: binary search the ring for the
+                # first sample after ``since`` instead of walking the history.
+                lo, hi = start, self._count
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if t_column[mid % self._capacity] > since:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                first = lo
             if limit is not None:
-                picked = picked[-limit:] if limit > 0 else []
+                first = max(first, self._count - limit) if limit > 0 else self._count
+            picked: Iterable[int] = (i % self._capacity for i in range(first, self._count))
             rows: list[dict[str, Any]] = []
             for slot in picked:
                 row: dict[str, Any] = self._process.get(slot)

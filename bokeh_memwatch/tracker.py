@@ -25,7 +25,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .collectors import full_collections
 
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = (
     "LiveSession",
+    "SessionLike",
     "SessionTracker",
     "TickCounts",
     "TrackedSession",
@@ -45,14 +46,32 @@ __all__ = (
 )
 
 
+class SessionLike(Protocol):
+    """ What the tracker reads of a server session at a tick: the
+    attributes of ``bokeh.server.session.ServerSession`` it uses, so the
+    server's own session objects are passed in as they are. """
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def document(self) -> Document: ...
+    @property
+    def connection_count(self) -> int: ...
+    @property
+    def milliseconds_since_last_unsubscribe(self) -> float: ...
+    @property
+    def destroyed(self) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LiveSession:
-    """ What the server says about one of its sessions at a tick. """
+    """ A session described by plain values (for tests and other servers). """
 
-    session_id: str
+    id: str
     document: Document
-    connections: int
-    ms_since_unsubscribe: float
+    connection_count: int
+    milliseconds_since_last_unsubscribe: float
+    destroyed: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -72,6 +91,12 @@ class TrackedSession:
     destroyed_at: float | None = None
     full_collections_at_destroy: int = 0
     destroy_seen_by: str = ""
+    # Of a destroyed session, as of the last refresh (None: not refreshed since the destroy).
+    retained_models: int | None = None
+    retained_bytes: int = 0
+    retained_types: dict[str, int] = field(default_factory=dict)
+    refreshed_at: float = 0.0
+    refreshed_collections: int = -1
 
     @property
     def destroyed(self) -> bool:
@@ -116,11 +141,17 @@ def column_bytes(value: Any) -> int:
         return 0
 
 
+_source_type: type[Any] | None = None
+
+
 def source_bytes(model: Any) -> int:
     """ Bytes held in a ColumnDataSource's ``data`` (0 for other Models). """
-    from bokeh.models import ColumnDataSource
+    global _source_type  # noqa: PLW0603 - imported once, lazily: bokeh.models is heavy
+    if _source_type is None:
+        from bokeh.models import ColumnDataSource
 
-    if not isinstance(model, ColumnDataSource):
+        _source_type = ColumnDataSource
+    if not isinstance(model, _source_type):
         return 0
     try:
         data = model.data
@@ -166,6 +197,7 @@ class SessionTracker:
         self._serial = itertools.count(1)
         self._live: dict[str, TrackedSession] = {}
         self._destroyed: dict[int, TrackedSession] = {}  # serial -> record, oldest first
+        self._cursor = 0  # where the round-robin refresh goes on
         self.created_total = 0
         self.destroyed_total = 0
         self.cleaned_total = 0
@@ -213,60 +245,124 @@ class SessionTracker:
 
     # -- per tick -----------------------------------------------------------
 
-    def observe(self, live: Mapping[str, Iterable[LiveSession]]) -> TickCounts:
+    def observe(self, live: Mapping[str, Iterable[SessionLike]], *, budget_s: float | None = None) -> TickCounts:
         """ Reconcile with the sessions the server holds now and count.
 
-        Cost grows with the number of sessions and their Models, never with
-        the size of the heap.
+        Counting sessions, connections, Documents, Models per Document and
+        orphans is exact at every call and costs a few operations per
+        session.  The per-Model work (weak references to each Model, bytes in
+        each ColumnDataSource, Models still alive after a destroy) is done
+        round-robin within ``budget_s`` seconds (None: all of it), so a tick
+        stays short however many sessions and Models there are; figures not
+        refreshed this time are the last ones measured.  Nothing here grows
+        with the size of the heap.
         """
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
         apps: dict[str, dict[str, float]] = {}
         seen: set[str] = set()
+        live_records = self._live
         for app, sessions in live.items():
-            counts = apps.setdefault(app, _empty_app_counts())
+            n_sessions = n_connected = n_connections = n_models = n_bytes = 0
             for item in sessions:
-                seen.add(item.session_id)
-                record = self._live.get(item.session_id)
-                if record is None or record.doc_ref() is not item.document:
-                    record = self.session_created(app, item.session_id, item.document)
-                record.connections = item.connections
-                record.ms_since_unsubscribe = item.ms_since_unsubscribe
-                self._refresh_models(record, item.document)
-                counts["sessions"] += 1
-                counts["connected" if item.connections else "unused"] += 1
-                counts["connections"] += item.connections
-                counts["documents"] += 1
-                counts["models"] += record.models
-                counts["data_bytes"] += record.data_bytes
+                if item.destroyed:
+                    continue
+                session_id = item.id
+                document = item.document
+                seen.add(session_id)
+                record = live_records.get(session_id)
+                if record is None or record.doc_ref() is not document:
+                    record = self.session_created(app, session_id, document)
+                connections = record.connections = item.connection_count
+                # Only an unused session's idle time matters (cleanup); skip the clock otherwise.
+                record.ms_since_unsubscribe = 0.0 if connections else item.milliseconds_since_last_unsubscribe
+                models = record.models = len(document.models)
+                n_sessions += 1
+                n_connected += connections > 0
+                n_connections += connections
+                n_models += models
+                n_bytes += record.data_bytes
+            counts = apps.setdefault(app, _empty_app_counts())
+            counts["sessions"] += n_sessions
+            counts["connected"] += n_connected
+            counts["unused"] += n_sessions - n_connected
+            counts["connections"] += n_connections
+            counts["documents"] += n_sessions
+            counts["models"] += n_models
+            counts["data_bytes"] += n_bytes
         for session_id, record in list(self._live.items()):
             if session_id not in seen and record.app in live:
                 self._mark_destroyed(record, seen_by="tick")
+        self._refresh_round_robin(deadline)
         totals = _empty_app_counts()
         totals["pending_orphans"] = 0
         now = self._clock()
         collections = self._collections()
         for serial, record in list(self._destroyed.items()):
-            document = record.doc_ref()
-            models = record.alive_models()
-            if document is None and not models:
+            alive = record.doc_ref() is not None
+            if not alive and record.retained_models == 0:
                 del self._destroyed[serial]
                 self.cleaned_total += 1
                 continue
             counts = apps.setdefault(record.app, _empty_app_counts())
             settled = self._settled(record, now, collections)
-            if document is not None:
+            if alive:
                 if settled:
                     counts["orphans"] += 1
                     counts["documents"] += 1
                 else:
                     totals["pending_orphans"] += 1
-            if settled and models:
-                counts["models_retained"] += len(models)
-                counts["data_bytes"] += sum(source_bytes(m) for m in models)
-            del document, models
+            if settled and record.retained_models:
+                counts["models_retained"] += record.retained_models
+                counts["data_bytes"] += record.retained_bytes
         for counts in apps.values():
             for key, value in counts.items():
                 totals[key] = totals.get(key, 0) + value
         return TickCounts(apps=apps, totals=totals)
+
+    def _refresh_round_robin(self, deadline: float | None) -> None:
+        """ Refresh the per-Model figures of as many sessions as the budget
+        allows: first destroyed sessions whose figures are stale, then every
+        session in turn, continuing next time where this one stopped. """
+        collections = self._collections()
+        for record in list(self._destroyed.values()):
+            if deadline is not None and time.perf_counter() >= deadline:
+                return
+            if self._stale(record, collections):
+                self._refresh_destroyed(record)
+        records = [*self._destroyed.values(), *self._live.values()]
+        n = len(records)
+        for k in range(n):
+            if deadline is not None and time.perf_counter() >= deadline:
+                self._cursor += k
+                return
+            record = records[(self._cursor + k) % n]
+            if record.destroyed:
+                self._refresh_destroyed(record)
+            else:
+                document = record.doc_ref()
+                if document is not None:
+                    self._refresh_models(record, document)
+                del document
+        self._cursor += n
+
+    @staticmethod
+    def _stale(record: TrackedSession, collections: int) -> bool:
+        """ A destroyed session not refreshed since its destroy or since the
+        last full collection (which may have freed what it held). """
+        return record.destroyed and (
+            record.retained_models is None or record.refreshed_collections < collections
+        )
+
+    def _refresh_destroyed(self, record: TrackedSession) -> None:
+        record.refreshed_collections = self._collections()
+        models = record.alive_models()
+        # A fresh dict: a dict never shrinks as entries are deleted.
+        record.model_refs = {id(m): weakref.ref(m) for m in models}
+        record.retained_models = len(models)
+        record.retained_bytes = sum(source_bytes(m) for m in models)
+        record.retained_types = dict(Counter(_type_name(m) for m in models).most_common(10))
+        record.refreshed_at = time.monotonic()
+        del models
 
     def _settled(self, record: TrackedSession, now: float, collections: int) -> bool:
         assert record.destroyed_at is not None
@@ -284,6 +380,7 @@ class SessionTracker:
             data_bytes += source_bytes(model)
         record.models = len(models)
         record.data_bytes = data_bytes
+        record.refreshed_at = time.monotonic()
         if len(refs) > 2 * record.models + 64:
             for key, ref in list(refs.items()):
                 if ref() is None:
@@ -309,33 +406,39 @@ class SessionTracker:
             for r in self._live.values()
         ]
 
-    def destroyed_holding(self) -> list[dict[str, Any]]:
-        """ Destroyed sessions whose Document or Models are still alive. """
+    def destroyed_holding(self, *, budget_s: float | None = None) -> list[dict[str, Any]]:
+        """ Destroyed sessions whose Document or Models are still alive.
+
+        Whether the Document is alive is checked now; stale Model figures
+        (see ``_stale``) are refreshed within ``budget_s`` (None: all), the
+        others are those of the last refresh (``refreshed_s_ago``).
+        """
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
         now = self._clock()
         collections = self._collections()
         out = []
         for record in list(self._destroyed.values()):
-            document = record.doc_ref()
-            models = record.alive_models()
-            if document is None and not models:
+            alive = record.doc_ref() is not None
+            if self._stale(record, collections) and (deadline is None or time.perf_counter() < deadline):
+                self._refresh_destroyed(record)
+            if not alive and not record.retained_models:
                 continue
             assert record.destroyed_at is not None
             settled = self._settled(record, now, collections)
-            types = Counter(_type_name(m) for m in models)
             out.append({
                 "session_id": record.session_id,
                 "app": record.app,
                 "created_at": record.created_at,
                 "destroyed_at": record.destroyed_at,
                 "seconds_since_destroyed": round(now - record.destroyed_at, 3),
-                "status": ("orphan" if document is not None else "models_retained") if settled else "pending",
-                "document_alive": document is not None,
-                "models": len(models),
-                "model_types": dict(types.most_common(10)),
-                "data_bytes": sum(source_bytes(m) for m in models),
+                "status": ("orphan" if alive else "models_retained") if settled else "pending",
+                "document_alive": alive,
+                "models": record.retained_models or 0,
+                "model_types": dict(record.retained_types),
+                "data_bytes": record.retained_bytes,
+                "refreshed_s_ago": round(time.monotonic() - record.refreshed_at, 3),
                 "destroy_seen_by": record.destroy_seen_by,
             })
-            del document, models
         return out
 
     def find(self, session_id: str) -> TrackedSession | None:
@@ -347,6 +450,16 @@ class SessionTracker:
             if record.session_id == session_id:
                 return record
         return None
+
+    def nbytes(self) -> int:
+        """ Memory of the registry itself: its records, their weak references
+        and small dicts (not what the weak references point to). """
+        size = sys.getsizeof(self._live) + sys.getsizeof(self._destroyed)
+        for record in [*self._live.values(), *self._destroyed.values()]:
+            size += sys.getsizeof(record) + sys.getsizeof(record.session_id) + sys.getsizeof(record.doc_ref)
+            size += sys.getsizeof(record.model_refs) + sys.getsizeof(record.retained_types)
+            size += sum(sys.getsizeof(ref) for ref in record.model_refs.values())
+        return size
 
     def counters(self) -> dict[str, int]:
         return {

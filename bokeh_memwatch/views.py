@@ -13,12 +13,14 @@ passes ``--memwatch-allow-remote``.
 """
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import logging
 import math
 import os
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from tornado.web import HTTPError
@@ -27,7 +29,7 @@ from .core import SessionAlive, SessionCollected, UnknownSession
 from .heapwork import HeapWorkBusy, HeapWorkError, HeapWorkTimeout
 
 if TYPE_CHECKING:
-    from .core import MemWatch
+    from .core import MemWatch, MemwatchOptions
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +65,9 @@ class JSONHandler(AuthRequestHandler):
     async def prepare(self) -> None:
         await super().prepare()  # type: ignore[no-untyped-call]
         self.memwatch.note_tornado_app(self.application)  # type: ignore[arg-type]
-        provider = self.application.auth_provider  # type: ignore[attr-defined]
-        if provider.get_user is not None or provider.get_user_async is not None:
-            if not self.current_user:
-                raise HTTPError(401, reason="login required: memwatch uses the server's authentication")
-            return
-        if self.memwatch.options.allow_remote:
-            return
-        if not _is_loopback(self.request.remote_ip):
-            raise HTTPError(
-                403,
-                reason="memwatch answers only loopback clients when the server has no authentication "
-                "(see --memwatch-allow-remote)",
-            )
+        check_access(self, self.memwatch.options)
+        if self.request.method not in ("GET", "HEAD", "OPTIONS"):
+            check_same_origin(self)
 
     def write_json(self, data: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)
@@ -94,6 +86,68 @@ class JSONHandler(AuthRequestHandler):
             log.debug("memwatch %s %s: %s", self.request.method, self.request.path, value)
         else:
             super().log_exception(typ, value, tb)
+
+
+TOKEN_COOKIE = "memwatch_token"
+TOKEN_HEADER = "X-Memwatch-Token"
+
+
+def check_access(handler: JSONHandler, options: MemwatchOptions) -> None:
+    """ Who may read heap data: the server's logged-in users when it has
+    authentication; holders of the memwatch token when one is set; else
+    loopback clients only (unless ``allow_remote``). """
+    if options.token and _token_ok(handler, options.token):
+        return
+    provider = handler.application.auth_provider  # type: ignore[attr-defined]
+    if provider.get_user is not None or provider.get_user_async is not None:
+        if handler.current_user:
+            return
+        raise HTTPError(401, reason="login required: memwatch uses the server's authentication")
+    if options.token:
+        raise HTTPError(401, reason=f"memwatch token required ({TOKEN_HEADER} header or ?token=)")
+    if options.allow_remote or _is_loopback(handler.request.remote_ip):
+        return
+    raise HTTPError(
+        403,
+        reason="memwatch answers only loopback clients when the server has no authentication "
+        "(set --memwatch-token, or --memwatch-allow-remote)",
+    )
+
+
+def _token_ok(handler: JSONHandler, token: str) -> bool:
+    """ Constant-time comparison of every credential the request carries.  A
+    valid one-time ``?token=`` sets an HttpOnly, SameSite=Strict cookie. """
+    expected = token.encode()
+    authorization = handler.request.headers.get("Authorization", "")
+    candidates = [
+        handler.request.headers.get(TOKEN_HEADER, ""),
+        authorization[7:] if authorization[:7].lower() == "bearer " else "",
+        handler.get_cookie(TOKEN_COOKIE, "") or "",
+    ]
+    query = handler.get_query_argument("token", "")
+    ok = any(hmac.compare_digest(c.encode(), expected) for c in candidates if c)
+    if query and hmac.compare_digest(query.encode(), expected):
+        prefix = handler.application.prefix  # type: ignore[attr-defined]
+        handler.set_cookie(
+            TOKEN_COOKIE, token, path=f"{prefix}/memwatch", httponly=True, samesite="Strict",
+            secure=handler.request.protocol == "https",
+        )
+        ok = True
+    return ok
+
+
+def check_same_origin(handler: JSONHandler) -> None:
+    """ Refuse a state-changing request sent by a page of another origin.
+    (Actions also require a JSON body, which such a page cannot send without
+    a CORS preflight that memwatch never grants.) """
+    if handler.request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        raise HTTPError(403, reason="cross-site request refused")
+    origin = handler.request.headers.get("Origin")
+    if origin is None:
+        return
+    host = handler.request.headers.get("Host", "")
+    if urlsplit(origin).netloc.lower() != host.lower():
+        raise HTTPError(403, reason="cross-origin request refused")
 
 
 def _json_default(value: Any) -> Any:
@@ -138,7 +192,7 @@ def float_arg(handler: JSONHandler, name: str) -> float | None:
 
 
 def no_query_args(handler: JSONHandler, allowed: tuple[str, ...] = ()) -> None:
-    unknown = sorted(set(handler.request.query_arguments) - set(allowed))
+    unknown = sorted(set(handler.request.query_arguments) - {*allowed, "token"})
     if unknown:
         raise HTTPError(400, reason=f"unknown query parameter(s): {', '.join(u[:40] for u in unknown)}")
 
@@ -171,10 +225,41 @@ ENDPOINTS: list[dict[str, str]] = [
      "purpose": "live sessions, heaviest first: id, app, connections, age, models, data_bytes"},
     {"method": "GET", "path": "api/orphans",
      "purpose": "destroyed sessions whose Document (orphans) or Models (retained_models) are still alive"},
+    {"method": "POST", "path": "api/orphans/<session_id>/chain",
+     "purpose": "why alive: search the reference chain from a root to the orphan (in a forked child)"},
     {"method": "GET", "path": "api/orphans/<session_id>/chain",
-     "purpose": "why alive: the reference chain from a root to the orphan, searched in a forked child"},
-    {"method": "GET", "path": "api/history?since=&limit=", "purpose": "stored samples, oldest first"},
+     "purpose": "the last chain searched for that orphan (404 until a POST ran one)"},
+    {"method": "GET", "path": "api/history?since=&limit=&pid=",
+     "purpose": "samples of every worker and earlier runs (memory + history database), oldest first, with pid"},
+    {"method": "GET", "path": "metrics",
+     "purpose": "Prometheus text format: RSS, sessions, Documents, Models, orphans per worker (pid) and app"},
     {"method": "POST", "path": "api/gc", "purpose": "run one full garbage collection (rate-limited)"},
+    {"method": "GET", "path": "api/advice",
+     "purpose": "the memory checklist applied to live data: [{id, severity, title, evidence, fix, article_section}]"},
+    # heap snapshots (snapshot_views.py)
+    {"method": "GET", "path": "api/tracemalloc", "purpose": "tracemalloc state: tracing, frames, traced bytes"},
+    {"method": "POST", "path": "api/tracemalloc",
+     "purpose": 'start or stop tracemalloc: {"action": "start"|"stop", "frames": N}'},
+    {"method": "POST", "path": "api/snapshots", "purpose": "take a tracemalloc snapshot (in a forked child); {id}"},
+    {"method": "GET", "path": "api/snapshots",
+     "purpose": "stored snapshots: id, created_at, size_bytes, traced_bytes, frames"},
+    {"method": "GET", "path": "api/snapshots/<id>/tracemalloc",
+     "purpose": "download a snapshot file for tracemalloc.Snapshot.load (id 'baseline': the baseline's)"},
+    {"method": "DELETE", "path": "api/snapshots/<id>", "purpose": "drop a stored snapshot"},
+    {"method": "GET", "path": "api/baseline", "purpose": "the baseline: when, and what it holds"},
+    {"method": "POST", "path": "api/baseline",
+     "purpose": "set the baseline: a tracemalloc snapshot and a pympler type summary"},
+    {"method": "GET",
+     "path": "api/allocators?group=lineno|filename|traceback&limit=&compare=baseline|<id>&snapshot=<id>",
+     "purpose": "top allocators (memwatch's own left out), or growth since the baseline"},
+    {"method": "GET", "path": "api/types?limit=&compare=baseline",
+     "purpose": "pympler type summary (rate-limited, age_s) and per-type growth since the baseline"},
+    {"method": "GET", "path": "api/report?chains=",
+     "purpose": "download a JSON report for a bug report: summary, sessions, orphans and chains, "
+                "allocators, types, settings, versions"},
+    # the dashboard at {prefix}/memwatch (dashboard.py)
+    {"method": "GET", "path": "api/dashboard/timeline?window_s=&since=&max_points=",
+     "purpose": "history as columns for the dashboard's plots, at most max_points points per window"},
 ]
 
 
@@ -206,8 +291,23 @@ class OrphansHandler(JSONHandler):
 
 
 class ChainHandler(JSONHandler):
-    async def get(self, session_id: str) -> None:
+    """ GET: the last answer (searching is an action, so it is a POST). """
+
+    def get(self, session_id: str) -> None:
         no_query_args(self)
+        try:
+            result = self.memwatch.cached_chain(session_id)
+        except UnknownSession:
+            raise HTTPError(404, reason=f"no session {session_id[:80]!r} is known to memwatch") from None
+        if result is None:
+            raise HTTPError(404, reason="no recent search for that session: POST to this URL to run one")
+        self.write_json(result)
+
+    async def post(self, session_id: str) -> None:
+        no_query_args(self)
+        body = json_body(self)
+        if body:
+            raise HTTPError(400, reason=f"chain takes no parameters, got {', '.join(sorted(body))[:80]}")
         try:
             result = await self.memwatch.chain(session_id)
         except UnknownSession:
@@ -229,10 +329,12 @@ class ChainHandler(JSONHandler):
 
 class HistoryHandler(JSONHandler):
     def get(self) -> None:
-        no_query_args(self, ("since", "limit"))
+        no_query_args(self, ("since", "limit", "pid"))
         since = float_arg(self, "since")
         limit = int_arg(self, "limit", 1000, lo=0, hi=MAX_HISTORY_LIMIT)
-        samples = self.memwatch.history(since=since, limit=limit)
+        pid = int_arg(self, "pid", 0, lo=0, hi=2**31) or None
+        # Every worker's and earlier runs' samples too (history database).
+        samples = self.memwatch.history(since=since, limit=limit, merged=True, pid=pid)
         self.write_json({"samples": samples, "count": len(samples)})
 
 
@@ -253,12 +355,12 @@ class GcHandler(JSONHandler):
         self.write_json(result)
 
 
-class RootHandler(JSONHandler):
-    """ ``{prefix}/memwatch``: points at the API (the dashboard lives here later). """
+class AdviceHandler(JSONHandler):
+    """ ``GET api/advice``: see :mod:`bokeh_memwatch.advice`. """
 
     def get(self) -> None:
-        prefix = self.application.prefix  # type: ignore[attr-defined]
-        self.redirect(f"{prefix}/memwatch/api/")
+        no_query_args(self)
+        self.write_json({"advice": self.memwatch.advice()})
 
 
 class NotFoundHandler(JSONHandler):
@@ -276,7 +378,12 @@ def routes(memwatch: MemWatch) -> Routes:
 
     Feature modules contribute their own lists here, before the catch-all.
     """
-    return [*api_routes(memwatch), *fallback_routes(memwatch)]
+    from .dashboard import dashboard_routes
+    from .metrics import metrics_routes
+    from .snapshot_views import snapshot_routes
+
+    return [*api_routes(memwatch), *metrics_routes(memwatch), *snapshot_routes(memwatch),
+            *dashboard_routes(memwatch), *fallback_routes(memwatch)]
 
 
 def api_routes(memwatch: MemWatch) -> Routes:
@@ -289,13 +396,14 @@ def api_routes(memwatch: MemWatch) -> Routes:
         (r"/memwatch/api/orphans/([^/]+)/chain/?", ChainHandler, kw),
         (r"/memwatch/api/history/?", HistoryHandler, kw),
         (r"/memwatch/api/gc/?", GcHandler, kw),
+        (r"/memwatch/api/advice/?", AdviceHandler, kw),
     ]
 
 
 def fallback_routes(memwatch: MemWatch) -> Routes:
-    """ Last: JSON 404 for unknown API paths, and the bare ``/memwatch``. """
+    """ Last: JSON 404 for unknown API paths.  (The bare ``/memwatch`` is
+    the dashboard's page, see dashboard.py.) """
     kw = {"memwatch": memwatch}
     return [
         (r"/memwatch/api/(.*)", NotFoundHandler, kw),
-        (r"/memwatch/?", RootHandler, kw),
     ]

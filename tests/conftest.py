@@ -28,6 +28,19 @@ from bokeh_memwatch import MemWatch
 from bokeh_memwatch.testing import ServerThread
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """ memwatch keeps history under $XDG_STATE_HOME: give the test run its
+    own, so tests neither read nor write the user's (subprocesses inherit it). """
+    previous = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = previous
 APPS = ROOT / "tests" / "apps"
 T = TypeVar("T")
 
@@ -104,7 +117,8 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
 
 _OPTION_NAMES = {
     "interval_ms", "history_s", "orphan_grace_ms", "allow_remote", "chain_timeout_s",
-    "chain_max_depth", "chain_cache_s", "gc_min_interval_s", "max_destroyed",
+    "chain_max_depth", "chain_cache_s", "gc_min_interval_s", "max_destroyed", "tick_budget_ms",
+    "token", "http", "show_values",
 }
 
 
@@ -142,7 +156,7 @@ class ProcessServer:
             env={**os.environ, **(env or {})},
         )
 
-    def wait_ready(self, timeout_s: float = 60.0) -> ProcessServer:
+    def wait_ready(self, timeout_s: float = 90.0, statuses: tuple[int, ...] = (200,)) -> ProcessServer:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
@@ -150,7 +164,7 @@ class ProcessServer:
                 status, _, _ = http("GET", f"{self.url}/memwatch/api/summary", timeout_s=2)
             except OSError:
                 return False
-            return status == 200
+            return status in statuses
 
         wait_until(ready, timeout_s, interval_s=0.2, what="server start")
         return self
@@ -173,10 +187,11 @@ class ProcessServer:
 def run_command() -> Iterator[Callable[..., ProcessServer]]:
     started: list[ProcessServer] = []
 
-    def start(argv: list[str], port: int, prefix: str = "", env: Mapping[str, str] | None = None) -> ProcessServer:
+    def start(argv: list[str], port: int, prefix: str = "", env: Mapping[str, str] | None = None,
+              ready_statuses: tuple[int, ...] = (200,)) -> ProcessServer:
         server = ProcessServer(argv, port, prefix, env)
         started.append(server)
-        return server.wait_ready()
+        return server.wait_ready(statuses=ready_statuses)
 
     yield start
     for server in started:

@@ -38,7 +38,7 @@ def test_serve_with_prefix_and_extra_patterns(run_command) -> None:
     api(server.url, "gc", "POST")
     orphans = api(server.url, "orphans")["orphans"]
     assert sorted(o["session_id"] for o in orphans) == sorted(ids)
-    chain = api(server.url, f"orphans/{ids[1]}/chain")
+    chain = api(server.url, f"orphans/{ids[1]}/chain", "POST")
     assert chain["root"] == {"kind": "module", "name": "tests.apps.holders"}
     assert ".DOCS" in chain["text"] and chain["technique"] == "fork"
 

@@ -42,7 +42,7 @@ def test_leaking_app_reports_every_orphan_and_its_holder(serve, app, root_kind, 
     assert summary["orphans"] == N and summary["sessions"] == 0
     assert summary["apps"]["/app"]["orphans"] == N
 
-    chain = api(server.url, f"orphans/{ids[0]}/chain")
+    chain = api(server.url, f"orphans/{ids[0]}/chain", "POST")
     assert chain["complete"], chain
     assert chain["root"]["kind"] == root_kind, chain
     assert root_name in chain["root"]["name"], chain
@@ -67,7 +67,7 @@ def test_bounded_leak_keeps_only_the_last_session(serve) -> None:
     ids = open_and_close_sessions(server.url + "/app", N)
     orphans = settle(server.url, N)
     assert [o["session_id"] for o in orphans["orphans"]] == [ids[-1]]
-    chain = api(server.url, f"orphans/{ids[-1]}/chain")
+    chain = api(server.url, f"orphans/{ids[-1]}/chain", "POST")
     assert chain["root"] == {"kind": "module", "name": "tests.apps.holders"}
     assert ".LAST" in chain["text"]
 
@@ -89,7 +89,7 @@ def test_live_sessions_are_counted_per_session(serve) -> None:
         assert summary["models"] == sum(r["models"] for r in rows)
         assert api(server.url, "sessions?app=/nope")["sessions"] == []
         # A live session has no chain to explain.
-        api(server.url, f"orphans/{sessions[0].id}/chain", expect=409)
+        api(server.url, f"orphans/{sessions[0].id}/chain", "POST", expect=409)
     finally:
         for s in sessions:
             s.close()

@@ -49,7 +49,7 @@ def test_panel_leak_keeps_models_but_not_the_document(run_command) -> None:
     summary = api(server.url, "summary")
     assert summary["orphans"] == 0 and summary["models_retained"] >= N
 
-    chain = api(server.url, f"orphans/{result['retained_models'][0]['session_id']}/chain")
+    chain = api(server.url, f"orphans/{result['retained_models'][0]['session_id']}/chain", "POST")
     assert chain["target"] == "ColumnDataSource"
     assert chain["root"]["kind"] == "module" and chain["root"]["name"] == "tests.apps.holders", chain
     assert ".GLOBAL_SELECT" in chain["text"], chain["text"]

@@ -56,9 +56,20 @@ def test_app_columns_are_bounded() -> None:
 def test_a_day_at_the_default_interval_is_small() -> None:
     # 24 h at 5 s = 17280 samples, with three applications.
     store = SampleStore(17280)
-    for i in range(3):
-        store.append({"t": float(i)}, {f"/app{j}": {"sessions": 1} for j in range(3)})
+    assert store.nbytes() < 4096  # nothing is allocated before it is needed
+    for i in range(17280 + 10):
+        store.append({"t": float(i), "rss_bytes": 1e9}, {f"/app{j}": {"sessions": 1} for j in range(3)})
+    assert len(store) == 17280
     assert store.nbytes() < 10 * 2**20
+
+
+def test_since_uses_the_ring_order_after_wrapping() -> None:
+    store = SampleStore(5)
+    for i in range(12):
+        store.append({"t": float(i)}, {})
+    assert [r["t"] for r in store.query(since=8.5)] == [9.0, 10.0, 11.0]
+    assert [r["t"] for r in store.query(since=0.0)] == [7.0, 8.0, 9.0, 10.0, 11.0]
+    assert [r["t"] for r in store.query(since=8.5, limit=1)] == [11.0]
 
 
 def test_concurrent_appends_and_reads() -> None:

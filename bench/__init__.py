@@ -1,0 +1,1 @@
+""" Benchmarks for bokeh_memwatch (see bench/README.rst). """

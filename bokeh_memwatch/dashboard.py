@@ -444,12 +444,15 @@ class TimelineHandler(JSONHandler):
         since = float_arg(self, "since")
         now = time.time()
         start = now - window_s if since is None else max(since, now - window_s)
-        samples = self.memwatch.history(since=start, limit=MAX_SAMPLES_READ)
-        columns = downsample(samples, max_points)
+        store = self.memwatch.store
+        columns = (
+            store.columns(TIMELINE_FIELDS, since=start, max_points=max_points, peak_fields=_PEAK_FIELDS)
+            if store is not None else {name: [] for name in TIMELINE_FIELDS}
+        )
         self.write_json({
             "now": now,
             "window_s": window_s,
-            "samples": len(samples),
+            "samples": store.count(since=start) if store is not None else 0,
             "points": len(columns["t"]),
             "interval_ms": self.memwatch.options.interval_ms,
             "columns": columns,

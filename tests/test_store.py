@@ -98,3 +98,27 @@ def test_concurrent_appends_and_reads() -> None:
 def test_rejects_bad_capacity() -> None:
     with pytest.raises(ValueError):
         SampleStore(0)
+
+
+def test_columns_bucket_peaks_and_last_values() -> None:
+    store = SampleStore(100)
+    for i in range(10):
+        store.append({"t": float(i), "rss_bytes": 100.0 + (50 if i == 3 else i), "sessions_created_total": i}, {})
+    cols = store.columns(("t", "rss_bytes", "sessions_created_total", "traced_bytes"), since=-1.0, max_points=5,
+                         peak_fields=frozenset({"rss_bytes", "traced_bytes"}))
+    assert cols["t"] == [1.0, 3.0, 5.0, 7.0, 9.0]  # last time of each pair
+    assert cols["rss_bytes"] == [101.0, 150.0, 105.0, 107.0, 109.0]  # the spike at t=3 survives
+    assert cols["sessions_created_total"] == [1.0, 3.0, 5.0, 7.0, 9.0]
+    assert cols["traced_bytes"] == [None] * 5
+    assert store.columns(("t",), since=7.5)["t"] == [8.0, 9.0]
+    assert store.count(since=7.5) == 2 and store.count() == 10
+
+
+def test_query_and_columns_agree_after_wrapping() -> None:
+    store = SampleStore(7)
+    for i in range(20):
+        store.append({"t": float(i), "rss_bytes": float(i * 10)}, {"/a": {"sessions": i}} if i % 2 else {})
+    rows = store.query()
+    assert [r["t"] for r in rows] == [float(i) for i in range(13, 20)]
+    assert [("/a" in r["apps"]) for r in rows] == [bool(i % 2) for i in range(13, 20)]
+    assert store.columns(("rss_bytes",), max_points=100)["rss_bytes"] == [r["rss_bytes"] for r in rows]

@@ -109,7 +109,7 @@ class MemwatchOptions:
     chain_cache_s: float = 60.0
     gc_min_interval_s: float = 10.0
     max_destroyed: int = 10_000
-    tick_budget_ms: float = 1.0
+    tick_budget_ms: float = 0.5
     token: str = field(default="", repr=False)
     http: bool = True
     show_values: bool = False

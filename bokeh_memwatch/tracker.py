@@ -332,7 +332,8 @@ class SessionTracker:
         records = [*self._destroyed.values(), *self._live.values()]
         n = len(records)
         for k in range(n):
-            if deadline is not None and time.perf_counter() >= deadline:
+            # At least one session per call, so figures freshen under any load.
+            if deadline is not None and k and time.perf_counter() >= deadline:
                 self._cursor += k
                 return
             record = records[(self._cursor + k) % n]

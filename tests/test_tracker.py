@@ -134,3 +134,25 @@ def test_column_bytes_estimates() -> None:
     assert column_bytes([1.0] * 100) > 100 * 8
     assert source_bytes(ColumnDataSource(data={"a": np.zeros(4)})) == 32
     assert source_bytes(figure()) == 0
+
+
+def test_per_model_work_is_budgeted_and_round_robin() -> None:
+    tracker = SessionTracker(grace_s=0)
+    docs = [make_doc(100) for _ in range(30)]
+    live = {"/app": [LiveSession(f"s{i}", d, 1, 0.0) for i, d in enumerate(docs)]}
+    counts = tracker.observe(live, budget_s=0)
+    assert counts.totals["sessions"] == 30 and counts.totals["models"] == sum(len(d.models) for d in docs)
+    assert counts.totals["data_bytes"] == 30 * 2 * 100 * 8  # measured when each session was first seen
+    for doc in docs:  # every source grows tenfold
+        [source] = [m for m in doc.models if isinstance(m, ColumnDataSource)]
+        source.data = {"x": np.zeros(1000), "y": np.zeros(1000)}
+    # The counts are exact at once; the bytes are those last measured (a call refreshes after counting)...
+    assert tracker.observe(live, budget_s=0).totals["data_bytes"] == 30 * 2 * 100 * 8
+    # ...and a tiny budget refreshes a few sessions per call, round-robin, until all are fresh.
+    seen = []
+    for _ in range(200):
+        seen.append(tracker.observe(live, budget_s=0.0002).totals["data_bytes"])
+        if seen[-1] == 30 * 2 * 1000 * 8:
+            break
+    assert seen[-1] == 30 * 2 * 1000 * 8
+    assert len(seen) > 1 and seen == sorted(seen)  # it took several calls, each refreshing more

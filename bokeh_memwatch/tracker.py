@@ -299,7 +299,9 @@ class SessionTracker:
         collections = self._collections()
         for serial, record in list(self._destroyed.items()):
             alive = record.doc_ref() is not None
-            if not alive and record.retained_models == 0:
+            # Freed entirely?  Stops at the first live Model, so a session that
+            # retains some costs one lookup; a clean one is checked once, then dropped.
+            if not alive and not any(ref() is not None for ref in record.model_refs.values()):
                 del self._destroyed[serial]
                 self.cleaned_total += 1
                 continue

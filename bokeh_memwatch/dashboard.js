@@ -180,9 +180,10 @@
     var results = await Promise.all([
       request("GET", "summary"), request("GET", "sessions"), request("GET", "orphans"), request("GET", path),
       has("GET", "api/tracemalloc") ? request("GET", "tracemalloc") : Promise.resolve(null),
+      has("GET", "api/advice") ? request("GET", "advice") : Promise.resolve(null),
     ]);
     var summary = results[0], sessions = results[1], orphans = results[2], timeline = results[3];
-    var tracing = results[4];
+    var tracing = results[4], advice = results[5];
     if (!summary.ok) {
       setText("status", "<span class='mw-bad'>cannot read " + esc(API) + "summary: " +
         esc(summary.data.error || "HTTP " + summary.status) + "</span>");
@@ -206,6 +207,7 @@
     if (orphans.ok) renderOrphans(orphans.data);
     renderVerdict(summary.data);
     renderSettings(summary.data);
+    if (advice && advice.ok) renderAdvice(advice.data.advice || []);
     maybeRefreshAllocators(summary.data);
     state.polls += 1;
   }
@@ -376,6 +378,21 @@
     mem_log_frequency_ms: "Bokeh's own memory log every (0: off)",
     prefix: "URL prefix",
   };
+
+  function renderAdvice(items) {
+    if (!items.length) {
+      setText("advice", "<span class='mw-ok'>nothing to report: no orphans, no retained Models, " +
+        "sessions cleaned up as configured</span>");
+      return;
+    }
+    setText("advice", items.map(function (a) {
+      var cls = a.severity === "error" ? "mw-bad" : (a.severity === "warning" ? "mw-warn" : "");
+      return "<div class='mw-advice-item'><b class='" + cls + "'>[" + esc(a.severity) + "] " + esc(a.title) +
+        "</b>" + (a.app ? " <code>" + esc(a.app) + "</code>" : "") +
+        "<br><span>" + esc(a.evidence) + "</span><br><i>fix:</i> " + esc(a.fix) +
+        (a.article_section ? " <small>(" + esc(a.article_section) + ")</small>" : "") + "</div>";
+    }).join(""));
+  }
 
   function settingRow(label, value, key) {
     return "<tr><td>" + esc(label) + "</td><td><b>" + esc(value) + "</b>" +

@@ -317,6 +317,7 @@ def build_layout(poll_ms: int) -> LayoutDOM:
     ], ("type", "count", "size_mb"))
 
     settings_div = Div(name="settings", text="", sizing_mode="stretch_width", css_classes=["mw-settings"])
+    advice_div = Div(name="advice", text="no advice yet", sizing_mode="stretch_width", css_classes=["mw-advice"])
 
     return column(
         header, status, verdict, stats,
@@ -328,6 +329,8 @@ def build_layout(poll_ms: int) -> LayoutDOM:
         sessions_empty, sessions_table,
         _section("Orphans", "destroyed sessions whose Document (or some of its Models) is still alive: a leak"),
         orphans_empty, orphans_table, row(why, gc_button), chain,
+        _section("Advice", "the memory checklist, checked against what this server does"),
+        advice_div,
         _section("Top allocators", "tracemalloc: where the memory still allocated was allocated"),
         alloc_status, row(alloc_start, alloc_group, alloc_compare, alloc_baseline, alloc_refresh), alloc_table,
         _section("Types", "pympler summary: live objects per type"),
@@ -374,6 +377,8 @@ _MODEL_CSS = """
 :host(.mw-settings) table { border-collapse: collapse; font-size: 13px; }
 :host(.mw-settings) td { padding: 1px 10px 1px 0; vertical-align: top; }
 :host(.mw-verdict) { font-size: 15px; }
+:host(.mw-advice) .mw-advice-item { margin: 6px 0; font-size: 13px; line-height: 1.4; }
+:host(.mw-advice) code { background: #f3f3f3; padding: 1px 4px; border-radius: 3px; }
 """
 
 

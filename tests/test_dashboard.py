@@ -201,6 +201,12 @@ def test_dashboard_shows_the_leak_and_who_holds_it(serve, browser, prefix: str) 
             assert "tests.apps.holders" in chain and ".DOCS" in chain and "module" in chain
             assert page.page.get_by_text("tests.apps.holders", exact=False).first.is_visible()
 
+            # ... and the advice names the leak with its evidence and fix (as api/advice does)
+            advice = api(url, "advice")["advice"]
+            shown_advice = page.text("advice")
+            assert advice and all(a["title"] in shown_advice for a in advice[:3]), shown_advice
+            assert "fix:" in shown_advice
+
             # 4. allocators: a clear state whether or not that API exists
             status = page.text("alloc_status")
             assert "Not traced" in status or "not available" in status or "allocation sites" in status, status

@@ -248,23 +248,9 @@ class LeakCheck:
 
     def call(self, fn: Callable[[], T], timeout_s: float = 60.0) -> T:
         """ Run ``fn`` on the server's loop; return its result. """
-        done = threading.Event()
-        box: dict[str, Any] = {}
+        from .testing import call_on_loop
 
-        def run() -> None:
-            try:
-                box["value"] = fn()
-            except BaseException as e:
-                box["error"] = e
-            finally:
-                done.set()
-
-        self.io_loop.add_callback(run)
-        if not done.wait(timeout_s):
-            raise TimeoutError("the server's IOLoop did not answer")
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
+        return call_on_loop(self.io_loop, fn, timeout_s)
 
     def wait_coroutine(self, make: Callable[[], Coroutine[Any, Any, T]], timeout_s: float) -> T:
         """ Run the coroutine ``make()`` on the server's loop; wait for it. """

@@ -20,7 +20,7 @@ from .server import memwatch_server
 
 log = logging.getLogger(__name__)
 
-__all__ = ("FAST_SESSIONS", "ServerThread")
+__all__ = ("FAST_SESSIONS", "ServerThread", "call_on_loop")
 
 T = TypeVar("T")
 
@@ -29,6 +29,28 @@ FAST_SESSIONS: dict[str, Any] = {
     "check_unused_sessions_milliseconds": 100,
     "unused_session_lifetime_milliseconds": 100,
 }
+
+
+def call_on_loop(loop: IOLoop, fn: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """ Run ``fn`` on ``loop`` (a server's IOLoop in another thread), wait
+    for it and return its result or raise its exception. """
+    done = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+        finally:
+            done.set()
+
+    loop.add_callback(run)
+    if not done.wait(timeout_s):
+        raise TimeoutError("the server's IOLoop did not answer")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
 
 
 class ServerThread:
@@ -74,22 +96,7 @@ class ServerThread:
     def call(self, fn: Callable[[], T], timeout_s: float = 30.0) -> T:
         """ Run ``fn`` on the server's loop and return its result. """
         assert self.loop is not None
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["value"] = fn()
-            except BaseException as e:
-                box["error"] = e
-            done.set()
-
-        self.loop.add_callback(run)
-        if not done.wait(timeout_s):
-            raise TimeoutError("server loop did not answer")
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
+        return call_on_loop(self.loop, fn, timeout_s)
 
     def stop(self) -> None:
         if self.loop is None or not self._thread.is_alive():

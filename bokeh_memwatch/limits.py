@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -32,6 +31,8 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from .saferepr import json_default
 
 if TYPE_CHECKING:
     from .core import MemWatch
@@ -94,12 +95,6 @@ def fraction_of(rss_bytes: float | None, limit_bytes: float | None) -> float | N
     return round(rss_bytes / limit_bytes, 6)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
-
-
 def _stamp(now: float) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
 
@@ -149,7 +144,7 @@ async def write_limit_report(
             report.setdefault("snapshot", {"error": f"{type(e).__name__}: {e}"[:500]})
     report["versions"] = {**(report.get("summary", {}).get("versions") or {}), "platform": sys.platform}
     report_path = stem + ".json"
-    text = json.dumps(report, allow_nan=False, default=_json_default, indent=1)
+    text = json.dumps(report, allow_nan=False, default=json_default, indent=1)
     await asyncio.to_thread(_write_atomic, report_path, text)
     removed = _keep_newest(directory, keep)
     return {"report": report_path, "snapshot": snapshot_path, "created_at": now, "removed": removed}

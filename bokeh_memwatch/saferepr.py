@@ -17,7 +17,7 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-__all__ = ("safe_repr", "type_name")
+__all__ = ("json_default", "safe_repr", "type_name")
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = 60
@@ -37,6 +37,12 @@ def type_name(obj: object) -> str:
     module = getattr(kind, "__module__", None)
     qualname = getattr(kind, "__qualname__", kind.__name__)
     return qualname if module in (None, "builtins") else f"{module}.{qualname}"
+
+
+def json_default(value: object) -> str:
+    """ ``json.dumps(default=...)`` for what JSON cannot hold (a path, a
+    numpy scalar): its ``str``.  Reports and API answers use this one. """
+    return str(value)
 
 
 def _can_alarm() -> bool:

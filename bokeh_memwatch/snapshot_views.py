@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Awaitable, Iterator
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tornado.web import HTTPError
 
 from .heapwork import HeapWorkBusy, HeapWorkError, HeapWorkTimeout
+from .saferepr import json_default
 from .snapshots import (
     GROUPS,
     MAX_TYPE_ROWS,
@@ -226,13 +226,7 @@ class ReportHandler(SnapshotHandler):
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self.set_header("Content-Disposition",
                         f'attachment; filename="memwatch-report-{os.getpid()}-{stamp}.json"')
-        self.finish(json.dumps(report, allow_nan=False, default=_json_default, indent=1))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
+        self.finish(json.dumps(report, allow_nan=False, default=json_default, indent=1))
 
 
 def snapshot_routes(memwatch: MemWatch) -> list[tuple[str, type, dict[str, Any]]]:

@@ -27,6 +27,7 @@ from tornado.web import HTTPError
 
 from .core import SessionAlive, SessionCollected, UnknownSession
 from .heapwork import HeapWorkBusy, HeapWorkError, HeapWorkTimeout
+from .saferepr import json_default
 
 if TYPE_CHECKING:
     from .core import MemWatch, MemwatchOptions
@@ -74,7 +75,7 @@ class JSONHandler(AuthRequestHandler):
     def write_json(self, data: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)
         body = {"pid": os.getpid(), **data}
-        self.finish(json.dumps(body, allow_nan=False, default=_json_default))
+        self.finish(json.dumps(body, allow_nan=False, default=json_default))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         reason = self._reason
@@ -150,12 +151,6 @@ def check_same_origin(handler: JSONHandler) -> None:
     host = handler.request.headers.get("Host", "")
     if urlsplit(origin).netloc.lower() != host.lower():
         raise HTTPError(403, reason="cross-origin request refused")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
 
 
 def _is_loopback(address: str | None) -> bool:

@@ -69,7 +69,7 @@ class Profile:
     ops_extra: int = 1_000_000
     memlog_ticks: int = 5
     store_samples: int = 17_280          # 24 h at the default 5 s interval
-    store_apps: int = 3
+    store_apps: int = 10                 # DEFAULT_MAX_APPS: the most apps with history columns
     tracemalloc_sessions: int = 50       # sessions of the traced server (its page GETs are ~8x slower)
     heavy_operations: bool = True        # False: only the operations marked cheap (smoke)
 

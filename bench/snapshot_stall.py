@@ -54,20 +54,21 @@ def request(method: str, url: str) -> dict[str, Any]:
         return json.loads(response.read())  # type: ignore[no-any-return]
 
 
-def run(sessions: int, extra: int, frames: int, inline: bool = True) -> dict[str, Any]:
+def run(sessions: int, extra: int, frames: int, inline: bool = True, only: str = "") -> dict[str, Any]:
     mw = MemWatch(interval_ms=1000, types_min_interval_s=0, snapshot_timeout_s=3600)
     server = ServerThread(
         {"/app": Application(ScriptHandler(filename=str(APP)))}, mw,
         check_unused_sessions_milliseconds=3_600_000, unused_session_lifetime_milliseconds=3_600_000,
     ).start()
-    lags: list[tuple[float, float]] = []
+    lags: list[tuple[float, float, float]] = []
     running = True
 
     async def probe() -> None:
         while running:
             started, cpu = time.perf_counter(), time.thread_time()
             await asyncio.sleep(PERIOD_S)
-            lags.append((time.perf_counter() - started - PERIOD_S, time.thread_time() - cpu))
+            now = time.perf_counter()
+            lags.append((now - started - PERIOD_S, time.thread_time() - cpu, now))
 
     gc_pauses: list[float] = []
     gc_started = [0.0]
@@ -89,7 +90,7 @@ def run(sessions: int, extra: int, frames: int, inline: bool = True) -> dict[str
         ballast = [{"n": i} for i in range(extra)]
         server.call(lambda: asyncio.ensure_future(probe()))
         rss = ProcessCollector().rss_bytes()
-        for name, method, path in OPERATIONS:
+        for name, method, path in [op for op in OPERATIONS if any(o in op[0] for o in only.split(","))]:
             mark, gc_mark = len(lags), len(gc_pauses)
             started = time.perf_counter()
             body = request(method, api + path)
@@ -99,10 +100,14 @@ def run(sessions: int, extra: int, frames: int, inline: bool = True) -> dict[str
             rows.append({
                 "operation": name,
                 "elapsed_s": round(elapsed, 2),
-                "max_lag_ms": round(max(lag for lag, _ in window) * 1000, 1),
-                "max_busy_ms": round(max(busy for _, busy in window) * 1000, 1),
+                "max_lag_ms": round(max(lag for lag, _, _ in window) * 1000, 1),
+                "max_busy_ms": round(max(busy for _, busy, _ in window) * 1000, 1),
+                # the three busiest loop intervals: [busy ms, seconds after the request]
+                "busiest": [[round(busy * 1000, 1), round(at - busy - started, 3)]
+                            for _, busy, at in sorted(window, key=lambda w: -w[1])[:3]],
                 "max_gc_pause_ms": round(max(gc_pauses[gc_mark:], default=0) * 1000, 1),
                 "technique": body.get("technique"),
+                "fork_ms": body.get("fork_ms"),
                 "worker_private_mib": round((body.get("worker_private_bytes") or 0) / 2**20, 1),
                 "traces": body.get("traces"),
             })
@@ -118,8 +123,8 @@ def run(sessions: int, extra: int, frames: int, inline: bool = True) -> dict[str
             rows.append({
                 "operation": name,
                 "elapsed_s": round(time.perf_counter() - started, 2),
-                "max_lag_ms": round(max(lag for lag, _ in lags[mark:]) * 1000, 1),
-                "max_busy_ms": round(max(busy for _, busy in lags[mark:]) * 1000, 1),
+                "max_lag_ms": round(max(lag for lag, _, _ in lags[mark:]) * 1000, 1),
+                "max_busy_ms": round(max(busy for _, busy, _ in lags[mark:]) * 1000, 1),
             })
             print(json.dumps(rows[-1]), file=sys.stderr)
         stop_started = time.perf_counter()
@@ -155,11 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--extra", type=int, default=0, help="extra traced objects (dicts)")
     parser.add_argument("--frames", type=int, default=1)
     parser.add_argument("--no-inline", action="store_true", help="skip doing the work on the loop for comparison")
+    parser.add_argument("--only", default="", help="only operations whose names contain one of these (comma-separated)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     args = parser.parse_args(argv)
     if args.smoke:
         args.sessions, args.extra = 3, 20_000
-    print(markdown(run(args.sessions, args.extra, args.frames, inline=not args.no_inline)))
+    print(markdown(run(args.sessions, args.extra, args.frames, inline=not args.no_inline, only=args.only)))
 
 
 if __name__ == "__main__":

@@ -370,6 +370,10 @@ class MemWatch:
             result["history"] = self.cluster.history_state()
         return result
 
+    def report_settings(self) -> dict[str, Any]:
+        """ Options, server settings and versions, for a report. """
+        return {"options": self.options.public(), "server": self.server_settings(), "versions": versions()}
+
     def sampler_state(self) -> dict[str, Any]:
         sampler, store = self.sampler, self.store
         return {
@@ -501,31 +505,45 @@ class MemWatch:
         cached = self._chain_cache.get(session_id)
         if cached is not None and time.monotonic() - cached[0] < self.options.chain_cache_s:
             return {**cached[1], "cached": True}
-        target_ref, target_type = _chain_target(record.doc_ref, record.alive_models())
-        if target_ref is None:
-            raise SessionCollected(session_id)
-        job = functools.partial(
-            _search_chain, target_ref, chains.capture_roots(),
-            max_depth=self.options.chain_max_depth, deadline_s=self.options.chain_timeout_s * 0.8,
-            values=self.options.show_values,
-        )
+        job, fields = self.prepare_chain(session_id, chains.capture_roots())
         try:
             outcome = await self.heap_worker.run(job, timeout_s=self.options.chain_timeout_s)
         finally:
             del job  # drops the roots' keep-alive references to threads
-        result: dict[str, Any] = dict(outcome.value)
-        result.update({
-            "session_id": session_id,
-            "app": record.app,
-            "target": target_type,
+        result: dict[str, Any] = {
+            **fields,
+            **outcome.value,
             "text": chains.format_chain(outcome.value),
-            "technique": outcome.technique,
-            "elapsed_s": round(outcome.elapsed_s, 3),
-            "worker_peak_rss_bytes": outcome.child_peak_rss_bytes,
+            **outcome.costs(),
             "cached": False,
-        })
+        }
         self._chain_cache[session_id] = (time.monotonic(), result)
         return result
+
+    def prepare_chain(
+        self, session_id: str, roots: chains.Roots,
+    ) -> tuple[Callable[[], dict[str, Any]], dict[str, Any]]:
+        """ The search for why a destroyed session's Document (or Model) is
+        alive, to run in the heap worker, and the fields its answer carries.
+
+        Raises as :meth:`chain` does.  ``roots`` come from
+        :func:`chains.capture_roots`, taken on the loop just before the job
+        starts (one capture serves several searches).
+        """
+        record = self.tracker.find(session_id)
+        if record is None:
+            raise UnknownSession(session_id)
+        if not record.destroyed:
+            raise SessionAlive(session_id)
+        target_ref, target_type = _chain_target(record.doc_ref, record.alive_models())
+        if target_ref is None:
+            raise SessionCollected(session_id)
+        job = functools.partial(
+            _search_chain, target_ref, roots,
+            max_depth=self.options.chain_max_depth, deadline_s=self.options.chain_timeout_s * 0.8,
+            values=self.options.show_values,
+        )
+        return job, {"session_id": session_id, "app": record.app, "target": target_type}
 
     def _rss_bytes(self) -> int | None:
         try:

@@ -138,7 +138,8 @@ async def write_limit_report(
             snapshot_path = stem + ".tracemalloc"
             await asyncio.to_thread(_link_or_copy, manager.path_of(taken["id"]), snapshot_path)
             report["snapshot"] = {**taken, "path": snapshot_path}
-            report["allocators"] = await manager.allocators(limit=allocators_limit, snapshot=taken["id"])
+            answer = await manager.allocators(limit=allocators_limit, snapshot=taken["id"])
+            report["allocators"] = answer.to_dict()
         except Exception as e:
             log.warning("memwatch: the limit snapshot failed: %s", e)
             report.setdefault("snapshot", {"error": f"{type(e).__name__}: {e}"[:500]})

@@ -1,4 +1,6 @@
-""" The one way memwatch turns a foreign object into text.
+""" The one way memwatch turns a foreign object into text, and the one way
+it encodes JSON (including answers a heap worker encoded, which the event
+loop splices without decoding).
 
 An object's ``__repr__`` is user code: it can raise, return something huge,
 or never return.  :func:`safe_repr` truncates, catches everything, and where
@@ -9,15 +11,17 @@ type names, attribute names, simple keys and sizes only.
 """
 from __future__ import annotations
 
+import json
 import logging
 import reprlib
 import signal
 import threading
+from collections.abc import Iterable
 from types import FrameType
 
 log = logging.getLogger(__name__)
 
-__all__ = ("json_default", "safe_repr", "type_name")
+__all__ = ("json_array", "json_default", "json_lines", "merge_json_objects", "render_json", "safe_repr", "type_name")
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = 60
@@ -43,6 +47,38 @@ def json_default(value: object) -> str:
     """ ``json.dumps(default=...)`` for what JSON cannot hold (a path, a
     numpy scalar): its ``str``.  Reports and API answers use this one. """
     return str(value)
+
+
+def render_json(value: object, *, indent: int | None = None) -> bytes:
+    """ ``value`` as the API encodes it: strict JSON (no NaN), UTF-8. """
+    return json.dumps(value, allow_nan=False, default=json_default, indent=indent).encode()
+
+
+def merge_json_objects(head: bytes, tail: bytes) -> bytes:
+    """ One JSON object with the members of two encoded ones, ``head``'s
+    first, without decoding either (``tail`` may be large).  The caller keeps
+    their keys apart. """
+    head, tail = head.strip(), tail.strip()
+    if not (head.startswith(b"{") and head.endswith(b"}") and tail.startswith(b"{") and tail.endswith(b"}")):
+        raise ValueError("both parts must be encoded JSON objects")
+    if tail[1:-1].strip() == b"":
+        return head
+    if head[1:-1].strip() == b"":
+        return tail
+    return head[:-1] + b", " + tail[1:]
+
+
+def json_lines(values: Iterable[object]) -> bytes:
+    """ Encode each value on its own line, for :func:`json_array`. """
+    return b"\n".join(render_json(v) for v in values)
+
+
+def json_array(lines: bytes, limit: int) -> bytes:
+    """ A JSON array of the first ``limit`` values of :func:`json_lines`
+    output, cut without decoding them (encoded JSON holds no raw newline). """
+    if not lines or limit <= 0:
+        return b"[]"
+    return b"[" + b",".join(lines.split(b"\n", limit)[:limit]) + b"]"
 
 
 def _can_alarm() -> bool:

@@ -8,7 +8,6 @@ paths; anything not matching the id pattern is a 404.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tornado.web import HTTPError
 
 from .heapwork import HeapWorkBusy, HeapWorkError, HeapWorkTimeout
-from .saferepr import json_default
 from .snapshots import (
     GROUPS,
     MAX_TYPE_ROWS,
@@ -202,9 +200,10 @@ class AllocatorsHandler(SnapshotHandler):
         limit = int_arg(self, "limit", 25, lo=1, hi=1000)
         snapshot = self.get_query_argument("snapshot", None) or None
         grouped: Group = group
-        self.write_json(await self.run(self.manager.allocators(
+        answer = await self.run(self.manager.allocators(
             group=grouped, limit=limit, compare=self.compare_arg(), snapshot=snapshot,
-        )))
+        ))
+        self.write_json(answer.data, rendered=answer.rendered)
 
 
 class TypesHandler(SnapshotHandler):
@@ -212,8 +211,8 @@ class TypesHandler(SnapshotHandler):
         no_query_args(self, ("limit", "compare"))
         limit = int_arg(self, "limit", 50, lo=1, hi=MAX_TYPE_ROWS)
         compare = self.compare_arg(allowed_ids=False)
-        result = await self.run(self.manager.types(limit=limit, compare=compare))
-        self.write_json(result)
+        answer = await self.run(self.manager.types(limit=limit, compare=compare))
+        self.write_json(answer.data, rendered=answer.rendered)
 
 
 class ReportHandler(SnapshotHandler):
@@ -226,7 +225,7 @@ class ReportHandler(SnapshotHandler):
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self.set_header("Content-Disposition",
                         f'attachment; filename="memwatch-report-{os.getpid()}-{stamp}.json"')
-        self.finish(json.dumps(report, allow_nan=False, default=json_default, indent=1))
+        self.finish(report)
 
 
 def snapshot_routes(memwatch: MemWatch) -> list[tuple[str, type, dict[str, Any]]]:

@@ -40,7 +40,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from .heapwork import HeapWorker, IsolatedResult
+from . import chains as chain_search
+from .heapwork import HeapWorker, Rendered
+from .saferepr import json_array, json_lines, merge_json_objects, render_json
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,10 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 _SUFFIX = ".tracemalloc"
 
+#: A pause between two pieces of work on the event loop, so that what came
+#: due in between (timers, I/O) runs before the second piece.
+_YIELD_S = 0.002
+
 #: Most type rows (largest first) and type growth rows a summary keeps.
 MAX_TYPE_ROWS = 300
 
@@ -115,7 +121,26 @@ class ReportSource(Protocol):
 
     def orphans(self) -> dict[str, list[dict[str, Any]]]: ...
 
-    async def chain(self, session_id: str) -> dict[str, Any]: ...
+    def prepare_chain(
+        self, session_id: str, roots: chain_search.Roots,
+    ) -> tuple[Callable[[], dict[str, Any]], dict[str, Any]]: ...
+
+    def report_settings(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    """ An API answer: ``data``, built by the server, then ``rendered``,
+    members a heap worker already encoded, which the event loop sends on
+    without decoding (see :class:`~bokeh_memwatch.heapwork.Rendered`). """
+
+    data: dict[str, Any]
+    rendered: bytes | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """ Both parts in one dict.  Decodes ``rendered``: for reports written
+        in the background and for tests, not for answering requests. """
+        return {**self.data, **(json.loads(self.rendered) if self.rendered else {})}
 
 
 @dataclass(frozen=True)
@@ -247,7 +272,7 @@ def _dump_job(path: str, parent_pid: int) -> dict[str, Any]:
 
 def _allocators_job(
     group: Group, limit: int, source_path: str | None, compare_path: str | None, parent_pid: int,
-) -> dict[str, Any]:
+) -> Rendered:
     """ Heap worker: top allocators of a fresh (or stored) snapshot, or its
     growth since another one. """
     if source_path:
@@ -255,11 +280,15 @@ def _allocators_job(
         snapshot = tracemalloc.Snapshot.load(source_path)
     else:
         snapshot = _take_filtered(parent_pid)
+    compare = tracemalloc.Snapshot.load(compare_path) if compare_path is not None else None
+    return Rendered({}, render_json(_allocators(snapshot, group, limit, compare)))
+
+
+def _allocators(
+    snapshot: tracemalloc.Snapshot, group: Group, limit: int, compare: tracemalloc.Snapshot | None,
+) -> dict[str, Any]:
     stats: Sequence[tracemalloc.Statistic | tracemalloc.StatisticDiff]
-    if compare_path is not None:
-        stats = _growth(snapshot, tracemalloc.Snapshot.load(compare_path), group)
-    else:
-        stats = snapshot.statistics(group)
+    stats = _growth(snapshot, compare, group) if compare is not None else snapshot.statistics(group)
     return {
         "allocators": snapshot_rows(stats, group, limit),
         "rows_total": len(stats),
@@ -283,11 +312,11 @@ def _type_summary() -> list[list[Any]]:
 
 
 def _types_answer(rows: list[list[Any]], baseline_types_path: str | None) -> dict[str, Any]:
-    """ The part of a summary the server keeps: the largest types, totals,
-    and the largest growth since the baseline's summary (read from its file,
-    so the server never holds or diffs whole summaries). """
+    """ The largest types, totals, and the largest growth since the
+    baseline's summary (read from its file, so the server never holds or
+    diffs whole summaries). """
     out: dict[str, Any] = {
-        "types": rows[:MAX_TYPE_ROWS],
+        "types": _type_rows(rows, MAX_TYPE_ROWS),
         "types_total": len(rows),
         "size_bytes_total": sum(r[2] for r in rows),
         "growth": None,
@@ -298,16 +327,32 @@ def _types_answer(rows: list[list[Any]], baseline_types_path: str | None) -> dic
     return out
 
 
-def _types_job(baseline_types_path: str | None, parent_pid: int) -> dict[str, Any]:
+def _types_rendered(rows: list[list[Any]], baseline_types_path: str | None) -> tuple[dict[str, Any], bytes]:
+    """ What the server keeps of a summary: small totals, and the rows
+    encoded one per line (types, then growth from ``growth_offset``), so a
+    request cuts ``limit`` rows without decoding any. """
+    answer = _types_answer(rows, baseline_types_path)
+    types_lines = json_lines(answer["types"])
+    meta = {"types_total": answer["types_total"], "size_bytes_total": answer["size_bytes_total"],
+            "growth_offset": None}
+    if answer["growth"] is None:
+        return meta, types_lines
+    meta["growth_offset"] = len(types_lines) + 1
+    return meta, types_lines + b"\n" + json_lines(answer["growth"])
+
+
+def _types_job(baseline_types_path: str | None, parent_pid: int) -> Rendered:
     """ Heap worker: pympler's summary, and its growth since the baseline. """
     _stop_tracing_in_child(parent_pid)
-    return _types_answer(_type_summary(), baseline_types_path)
+    meta, body = _types_rendered(_type_summary(), baseline_types_path)
+    return Rendered(meta, body)
 
 
-def _baseline_job(path: str | None, types_path: str | None, parent_pid: int) -> dict[str, Any]:
+def _baseline_job(path: str | None, types_path: str | None, parent_pid: int) -> Rendered:
     """ Heap worker: the baseline: a snapshot file (when tracing) and a type
-    summary file (when pympler is there). """
+    summary file (when pympler is there); the summary comes back rendered. """
     out: dict[str, Any] = {}
+    body = b""
     if path is not None:
         out["tracemalloc"] = _dump_job(path, parent_pid)
     _stop_tracing_in_child(parent_pid)
@@ -315,8 +360,8 @@ def _baseline_job(path: str | None, types_path: str | None, parent_pid: int) -> 
         rows = _type_summary()
         with open(types_path, "w", encoding="utf-8") as f:
             json.dump(rows, f)
-        out["types"] = {**_types_answer(rows, None), "growth": []}
-    return out
+        out["types"], body = _types_rendered(rows, None)
+    return Rendered(out, body)
 
 
 def diff_summaries(old: Sequence[Sequence[Any]], new: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
@@ -362,14 +407,6 @@ def _have_pympler() -> bool:
         log.warning("pympler is not installed: type summaries are disabled")
         return False
     return True
-
-
-def _worker_costs(outcome: IsolatedResult) -> dict[str, Any]:
-    return {
-        "technique": outcome.technique,
-        "elapsed_s": round(outcome.elapsed_s, 3),
-        "worker_private_bytes": outcome.child_private_bytes,
-    }
 
 
 # --- the manager ---------------------------------------------------------------
@@ -562,7 +599,7 @@ class SnapshotManager:
             )
         self._snapshots[snapshot_id] = info
         evicted = self._evict()
-        return {**info.row(), "evicted": evicted, **_worker_costs(outcome)}
+        return {**info.row(), "evicted": evicted, **outcome.costs()}
 
     def _evict(self) -> list[str]:
         evicted: list[str] = []
@@ -620,11 +657,12 @@ class SnapshotManager:
         if old_file is not None:
             _unlink(old_file.path)
         self._baseline = {"created_at": now, "types_path": types_path}
-        if types_path is not None:
+        if types_path is not None and outcome.body is not None:
             # The baseline's summary is also the freshest type summary there is.
-            self._types = {"monotonic": time.monotonic(), "created_at": now, "answer": value["types"],
-                           "baseline_at": now, "is_baseline": True, "costs": _worker_costs(outcome)}
-        return {**self.baseline_state(), **_worker_costs(outcome)}
+            self._types = {"monotonic": time.monotonic(), "created_at": now, "meta": value["types"],
+                           "lines": outcome.body, "baseline_at": now, "is_baseline": True,
+                           "costs": outcome.costs()}
+        return {**self.baseline_state(), **outcome.costs()}
 
     def baseline_state(self) -> dict[str, Any]:
         if self._baseline is None:
@@ -641,7 +679,7 @@ class SnapshotManager:
     async def allocators(
         self, *, group: Group = "lineno", limit: int = 25, compare: str | None = None,
         snapshot: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Answer:
         """ Top allocators of a fresh snapshot (or the stored ``snapshot``),
         or their growth since ``compare`` (``"baseline"`` or a snapshot id). """
         if group not in GROUPS:
@@ -660,18 +698,14 @@ class SnapshotManager:
             functools.partial(_allocators_job, group, limit, source_path, compare_path, os.getpid()),
             timeout_s=self.timeout_s,
         )
-        return {
-            "group": group,
-            "limit": limit,
-            "compare": compare,
-            "snapshot": snapshot,
-            **outcome.value,
-            **_worker_costs(outcome),
-        }
+        return Answer(
+            {"group": group, "limit": limit, "compare": compare, "snapshot": snapshot, **outcome.costs()},
+            outcome.body,
+        )
 
     # -- pympler type summary -------------------------------------------------------
 
-    async def types(self, *, limit: int = 50, compare: str | None = None) -> dict[str, Any]:
+    async def types(self, *, limit: int = 50, compare: str | None = None) -> Answer:
         """ pympler's type summary, at most one per ``types_min_interval_s``
         (a younger one is reused; ``age_s`` says how old it is), and the
         per-type growth since the baseline with ``compare="baseline"``. """
@@ -690,20 +724,24 @@ class SnapshotManager:
             await self._refresh_types()
             cached = self._types
         assert cached is not None
-        answer = cached["answer"]
-        result: dict[str, Any] = {
-            "types": _type_rows(answer["types"], limit),
-            "types_total": answer["types_total"],
-            "size_bytes_total": answer["size_bytes_total"],
+        meta, lines = cached["meta"], cached["lines"]
+        data: dict[str, Any] = {
+            "types_total": meta["types_total"],
+            "size_bytes_total": meta["size_bytes_total"],
             "created_at": cached["created_at"],
             "age_s": round(time.monotonic() - cached["monotonic"], 3),
             "min_interval_s": self.types_min_interval_s,
-            "compare": None,
             **cached["costs"],
         }
-        if compare is not None:
-            result["compare"] = {"baseline_created_at": baseline_at, "types": answer["growth"][:limit]}
-        return result
+        offset = meta["growth_offset"]
+        types_lines = lines if offset is None else lines[:offset - 1]
+        rendered = b'{"types": ' + json_array(types_lines, limit)
+        if compare is None or offset is None:
+            data["compare"] = None
+        else:
+            rendered += (b', "compare": {"baseline_created_at": ' + render_json(baseline_at)
+                         + b', "types": ' + json_array(lines[offset:], limit) + b"}")
+        return Answer(data, rendered + b"}")
 
     async def _refresh_types(self) -> None:
         running = self._types_running
@@ -719,10 +757,11 @@ class SnapshotManager:
                 functools.partial(_types_job, types_path, os.getpid()), timeout_s=self.timeout_s,
             )
             self._types = {
-                "monotonic": time.monotonic(), "created_at": self._clock(), "answer": outcome.value,
+                "monotonic": time.monotonic(), "created_at": self._clock(), "meta": outcome.value,
+                "lines": outcome.body or b"",
                 "baseline_at": baseline["created_at"] if types_path is not None and baseline else None,
                 "is_baseline": False,
-                "costs": _worker_costs(outcome),
+                "costs": outcome.costs(),
             }
             done.set_result(None)
         except BaseException as e:
@@ -736,43 +775,42 @@ class SnapshotManager:
 
     async def report(
         self, source: ReportSource, *, max_chains: int = 5, allocators_limit: int = 25, types_limit: int = 50,
-    ) -> dict[str, Any]:
-        """ Everything for a bug report, as plain data.  A section that fails
-        holds ``{"error": ...}``; the report itself always comes back. """
-        summary = source.summary()
+    ) -> bytes:
+        """ Everything for a bug report, encoded (indented JSON).  A section
+        that fails holds ``{"error": ...}``; the report itself always comes
+        back.
+
+        The whole report is one heap job: the worker reads the sessions,
+        searches the chains, takes the snapshot and the type summary, and
+        encodes the report, which the event loop sends on undecoded.  The
+        loop only picks the orphans to explain and prepares their searches.
+        """
+        self._require_dir()
         orphans = source.orphans()
-        report: dict[str, Any] = {
+        held = [*orphans.get("orphans", []), *orphans.get("retained_models", [])]
+        roots = chain_search.capture_roots()
+        chain_jobs: list[tuple[str, Any]] = []
+        for row in held[:max_chains]:
+            session_id = str(row["session_id"])
+            try:
+                chain_jobs.append((session_id, source.prepare_chain(session_id, roots)))
+            except Exception as e:
+                chain_jobs.append((session_id, _error(e)))
+        tracing = tracemalloc.is_tracing()
+        baseline_types = self._baseline["types_path"] if self._baseline is not None else None
+        head: dict[str, Any] = {
             "format": REPORT_FORMAT,
             "format_version": REPORT_VERSION,
             "created_at": self._clock(),
             "pid": os.getpid(),
-            "summary": summary,
-            "sessions": source.sessions(),
             "orphans": orphans,
+            "chains_omitted": max(0, len(held) - max_chains),
+            "tracemalloc": self.tracing_state(),
+            "baseline": self.baseline_state()["baseline"],
+            "snapshots": self.rows(),
         }
-        chains: dict[str, Any] = {}
-        held = [*orphans.get("orphans", []), *orphans.get("retained_models", [])]
-        for row in held[:max_chains]:
-            session_id = str(row["session_id"])
-            chains[session_id] = await _section(source.chain(session_id))
-        report["chains"] = chains
-        report["chains_omitted"] = max(0, len(held) - max_chains)
-        report["tracemalloc"] = self.tracing_state()
-        if tracemalloc.is_tracing():
-            report["allocators"] = await _section(self.allocators(group="lineno", limit=allocators_limit))
-            if self._baseline_file is not None:
-                report["growth"] = await _section(
-                    self.allocators(group="lineno", limit=allocators_limit, compare=BASELINE_ID)
-                )
-        else:
-            report["allocators"] = {"error": "tracemalloc was not tracing"}
-        compare = BASELINE_ID if self._baseline is not None and self._baseline["types_path"] is not None else None
-        report["types"] = await _section(self.types(limit=types_limit, compare=compare))
-        report["baseline"] = self.baseline_state()["baseline"]
-        report["snapshots"] = self.rows()
-        report["settings"] = {
-            "options": summary.get("options"),
-            "server": summary.get("server"),
+        settings = {
+            **source.report_settings(),
             "snapshots": {
                 "max_snapshots": self.max_snapshots,
                 "max_snapshot_bytes": self.max_snapshot_bytes,
@@ -780,16 +818,108 @@ class SnapshotManager:
                 "timeout_s": self.timeout_s,
             },
         }
-        report["versions"] = {**(summary.get("versions") or {}), "pympler": _pympler_version(),
-                              "platform": sys.platform}
-        return report
+
+        def read_sessions() -> dict[str, Any]:
+            try:
+                return {"sessions": source.sessions()}
+            except Exception as e:
+                return {"sessions": _error(e)}
+
+        # A forked worker reads the sessions (the bulk of the report) from its
+        # copy of the heap; a thread must not read them while the loop changes them.
+        sections = read_sessions if self.heap_worker.forks else functools.partial(dict, read_sessions())
+        job = functools.partial(
+            _report_job, head, sections, chain_jobs, settings,
+            tracing=tracing,
+            baseline_path=self._baseline_file.path if self._baseline_file is not None else None,
+            with_types=_have_pympler(),
+            baseline_types_path=baseline_types,
+            allocators_limit=allocators_limit,
+            types_limit=types_limit,
+            parent_pid=os.getpid(),
+        )
+        running = asyncio.ensure_future(self.heap_worker.run(job, timeout_s=self.timeout_s))
+        try:
+            # The fork runs first; a timer sleep lets every callback that came
+            # due meanwhile run before the summary, so the two stalls never add up.
+            await asyncio.sleep(_YIELD_S)
+            # In the server: the summary reads other threads' state (the
+            # history writer's queue), whose locks a forked child cannot take.
+            try:
+                summary = render_json({"summary": source.summary()}, indent=1)
+            except Exception as e:
+                summary = render_json({"summary": _error(e)}, indent=1)
+            outcome = await running
+        finally:
+            if not running.done():
+                running.cancel()  # kills and reaps a forked child
+            del job, chain_jobs, roots  # the roots keep threads alive
+        return merge_json_objects(summary, outcome.body or b"{}")
 
 
-async def _section(work: Any) -> dict[str, Any]:
-    try:
-        return dict(await work)
-    except Exception as e:
-        return {"error": f"{type(e).__name__}: {e}"[:500]}
+def _report_job(
+    head: dict[str, Any],
+    read_sections: Callable[[], dict[str, Any]],
+    chain_jobs: list[tuple[str, Any]],
+    settings: dict[str, Any],
+    *,
+    tracing: bool,
+    baseline_path: str | None,
+    with_types: bool,
+    baseline_types_path: str | None,
+    allocators_limit: int,
+    types_limit: int,
+    parent_pid: int,
+) -> Rendered:
+    """ Heap worker: the whole report (see :meth:`SnapshotManager.report`). """
+    report: dict[str, Any] = {**head, **read_sections()}
+    # The snapshot first, while tracing and before the searches allocate.
+    if tracing:
+        try:
+            snapshot = _take_filtered(parent_pid)
+            report["allocators"] = _allocators(snapshot, "lineno", allocators_limit, None)
+            if baseline_path is not None:
+                report["growth"] = _allocators(
+                    snapshot, "lineno", allocators_limit, tracemalloc.Snapshot.load(baseline_path),
+                )
+            del snapshot
+        except Exception as e:
+            report["allocators"] = _error(e)
+    else:
+        report["allocators"] = {"error": "tracemalloc was not tracing"}
+    _stop_tracing_in_child(parent_pid)
+    explained: dict[str, Any] = {}
+    for session_id, prepared in chain_jobs:
+        if isinstance(prepared, dict):  # the error of preparing it
+            explained[session_id] = prepared
+            continue
+        search, fields = prepared
+        try:
+            found = search()
+            explained[session_id] = {**fields, **found, "text": chain_search.format_chain(found)}
+        except Exception as e:
+            explained[session_id] = _error(e)
+    report["chains"] = explained
+    if with_types:
+        try:
+            answer = _types_answer(_type_summary(), baseline_types_path)
+            report["types"] = {
+                "types": answer["types"][:types_limit],
+                "types_total": answer["types_total"],
+                "size_bytes_total": answer["size_bytes_total"],
+                "compare": None if answer["growth"] is None else {"types": answer["growth"][:types_limit]},
+            }
+        except Exception as e:
+            report["types"] = _error(e)
+    else:
+        report["types"] = {"error": "pympler is not installed: pip install pympler"}
+    report["settings"] = {name: settings[name] for name in ("options", "server", "snapshots")}
+    report["versions"] = {**settings["versions"], "pympler": _pympler_version(), "platform": sys.platform}
+    return Rendered({}, render_json(report, indent=1))
+
+
+def _error(e: BaseException) -> dict[str, Any]:
+    return {"error": f"{type(e).__name__}: {e}"[:500]}
 
 
 def _unlink(*paths: str) -> None:

@@ -461,7 +461,8 @@ class SessionTracker:
         for record in [*self._live.values(), *self._destroyed.values()]:
             size += sys.getsizeof(record) + sys.getsizeof(record.session_id) + sys.getsizeof(record.doc_ref)
             size += sys.getsizeof(record.model_refs) + sys.getsizeof(record.retained_types)
-            size += sum(sys.getsizeof(ref) for ref in record.model_refs.values())
+            # Every weak reference has the same size: per session, not per Model.
+            size += len(record.model_refs) * _WEAKREF_BYTES
         return size
 
     def counters(self) -> dict[str, int]:
@@ -486,3 +487,7 @@ def _empty_app_counts() -> dict[str, float]:
         "orphans": 0,
         "models_retained": 0,
     }
+
+
+#: Size of one weak reference (``weakref.ref`` objects all have one size).
+_WEAKREF_BYTES = sys.getsizeof(weakref.ref(_empty_app_counts))

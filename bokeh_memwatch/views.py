@@ -27,7 +27,7 @@ from tornado.web import HTTPError
 
 from .core import SessionAlive, SessionCollected, UnknownSession
 from .heapwork import HeapWorkBusy, HeapWorkError, HeapWorkTimeout
-from .saferepr import json_default
+from .saferepr import merge_json_objects, render_json
 
 if TYPE_CHECKING:
     from .core import MemWatch, MemwatchOptions
@@ -72,10 +72,12 @@ class JSONHandler(AuthRequestHandler):
         if self.request.method not in ("GET", "HEAD", "OPTIONS"):
             check_same_origin(self)
 
-    def write_json(self, data: dict[str, Any], status: int = 200) -> None:
+    def write_json(self, data: dict[str, Any], status: int = 200, *, rendered: bytes | None = None) -> None:
+        """ Answer ``data``; ``rendered`` is a JSON object a heap worker
+        already encoded, whose members follow ``data``'s, sent undecoded. """
         self.set_status(status)
-        body = {"pid": os.getpid(), **data}
-        self.finish(json.dumps(body, allow_nan=False, default=json_default))
+        body = render_json({"pid": os.getpid(), **data})
+        self.finish(body if rendered is None else merge_json_objects(body, rendered))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         reason = self._reason

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -16,8 +17,10 @@ from bokeh_memwatch.heapwork import (
     HeapWorkError,
     HeapWorkTimeout,
     IsolatedResult,
+    Rendered,
     run_isolated,
 )
+from bokeh_memwatch.saferepr import json_array, json_lines, merge_json_objects, render_json
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -76,6 +79,38 @@ def test_value_round_trips(use_fork: bool) -> None:
     assert result.value == {"a": [1, 2.5, "x", None, True], "t": [1, 2], "nested": {"k": []}}
     assert result.technique == ("fork" if use_fork else "thread")
     assert 0 <= result.elapsed_s < 5
+
+
+@pytest.mark.parametrize("use_fork", TECHNIQUES)
+def test_rendered_body_passes_through_undecoded(use_fork: bool) -> None:
+    # The body holds newlines and bytes that are not one JSON value: the
+    # parent must hand it over exactly as encoded, and decode only the meta.
+    body = json_lines([{"n": i, "s": "a\nb"} for i in range(3)]) + b"\n\xff"
+    result = asyncio.run(run_isolated(lambda: Rendered({"k": (1, 2)}, body), timeout_s=10.0, use_fork=use_fork))
+    assert result.value == {"k": [1, 2]}
+    assert result.body == body
+    plain = asyncio.run(run_isolated(lambda: {"k": 1}, timeout_s=10.0, use_fork=use_fork))
+    assert plain.body is None and plain.value == {"k": 1}
+    costs = result.costs()
+    assert costs["technique"] == ("fork" if use_fork else "thread")
+    assert (costs["fork_ms"] is None) == (not use_fork)
+    if use_fork:
+        assert 0 <= costs["fork_ms"] < 5000
+
+
+def test_json_splicing_helpers() -> None:
+    lines = json_lines([{"a": 1}, {"b": "x\ny"}, {"c": [1, 2]}])
+    assert json.loads(json_array(lines, 2)) == [{"a": 1}, {"b": "x\ny"}]
+    assert json.loads(json_array(lines, 10)) == [{"a": 1}, {"b": "x\ny"}, {"c": [1, 2]}]
+    assert json_array(b"", 5) == b"[]" and json_array(lines, 0) == b"[]"
+    merged = merge_json_objects(render_json({"pid": 1}), render_json({"rows": [1], "s": "}"}))
+    assert json.loads(merged) == {"pid": 1, "rows": [1], "s": "}"}
+    assert json.loads(merge_json_objects(b"{}", b'{"a": 1}')) == {"a": 1}
+    assert merge_json_objects(b'{"a": 1}', b" {} ") == b'{"a": 1}'
+    with pytest.raises(ValueError):
+        merge_json_objects(b'{"a": 1}', b"[1]")
+    with pytest.raises(ValueError):
+        render_json({"x": float("nan")})
 
 
 @needs_fork

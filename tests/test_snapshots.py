@@ -148,6 +148,8 @@ def test_growth_since_baseline_names_the_leaking_line(serve, tmp_path: Path) -> 
             "versions"} <= set(report)
     assert sorted(report["chains"]) == sorted(ids)
     assert all(".DOCS" in c["text"] for c in report["chains"].values()), report["chains"]
+    assert all(c["session_id"] == sid and c["target"] == "Document" for sid, c in report["chains"].items())
+    assert report["summary"]["orphans"] == len(ids) and isinstance(report["sessions"], list)
     assert report["growth"]["allocators"][0]["where"] == LEAK_WHERE
     assert report["versions"]["pympler"] and report["settings"]["snapshots"]["max_snapshots"] == 5
     (tmp_path / "report.json").write_bytes(raw)
@@ -249,6 +251,11 @@ def test_thread_fallback_says_so(serve) -> None:
     growth = api(server.url, "allocators?compare=baseline&limit=1")
     assert growth["technique"] == "thread" and growth["allocators"][0]["where"] == LEAK_WHERE
     assert api(server.url, "types")["technique"] == "thread"
+    # The report, read in the server (a thread must not read the sessions as the loop changes them).
+    status, _, raw = download(f"{server.url}/memwatch/api/report")
+    report = json.loads(raw)
+    assert status == 200 and report["growth"]["allocators"][0]["where"] == LEAK_WHERE
+    assert report["summary"]["pid"] == os.getpid() and isinstance(report["sessions"], list)
 
 
 def test_types_are_rate_limited_and_shared() -> None:
@@ -268,7 +275,7 @@ def test_types_are_rate_limited_and_shared() -> None:
             # Two at once share one summary; a third within the interval reuses it.
             first, second = await asyncio.gather(manager.types(limit=3), manager.types(limit=3))
             third = await manager.types(limit=3)
-            return first, second, third
+            return first.to_dict(), second.to_dict(), third.to_dict()
 
         first, second, third = asyncio.run(main())
     finally:

@@ -3,15 +3,17 @@ talk to their control API and to memwatch's, open sessions with real clients.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,16 @@ class BenchServer:
             raise RuntimeError(f"server {self.name} did not start; see {self.log_path}")
         info = json.loads(line)
         self.port, self.pid = int(info["port"]), int(info["pid"])
+
+    def pause(self) -> None:
+        """ Stop the process (SIGSTOP) so that it takes no CPU while another
+        server is measured; :meth:`resume` continues it. """
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGCONT)
 
     @property
     def url(self) -> str:
@@ -179,3 +191,17 @@ def nodelay(session: Any) -> None:
     socket = session._connection._socket
     inner = getattr(socket, "_socket", socket)  # bokeh's WebSocketClientConnectionWrapper
     inner.protocol.stream.set_nodelay(True)
+
+
+@contextlib.contextmanager
+def alone(server: BenchServer | None, others: Iterable[BenchServer]) -> Iterator[None]:
+    """ Pause every server of ``others`` but ``server`` while the block runs:
+    on two cores, a neighbour's heap scan or sampler would land in the figures. """
+    paused = [s for s in others if s is not server]
+    for other in paused:
+        other.pause()
+    try:
+        yield
+    finally:
+        for other in paused:
+            other.resume()

@@ -382,6 +382,8 @@ class MemWatch:
             "ticks": sampler.ticks if sampler else 0,
             "last_tick_ms": round(sampler.last_tick_ms, 3) if sampler else None,
             "max_tick_ms": round(sampler.max_tick_ms, 3) if sampler else None,
+            "last_refresh_ms": round(sampler.last_refresh_ms, 3) if sampler else None,
+            "max_refresh_ms": round(sampler.max_refresh_ms, 3) if sampler else None,
             "errors_total": sampler.errors_total if sampler else 0,
             "failed_collectors": sampler.failed_collectors if sampler else [],
             "samples": len(store) if store else 0,

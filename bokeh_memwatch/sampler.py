@@ -71,6 +71,8 @@ class Sampler:
         self.errors_total = 0
         self.last_tick_ms = 0.0
         self.max_tick_ms = 0.0
+        self.last_refresh_ms = 0.0
+        self.max_refresh_ms = 0.0
 
     @property
     def running(self) -> bool:
@@ -108,7 +110,7 @@ class Sampler:
                 errors += 1
                 self._failed_once(getattr(collector, "name", type(collector).__name__))
         try:
-            counts = self.tracker.observe(self._sessions(), budget_s=self._budget_s)
+            counts = self.tracker.observe(self._sessions(), budget_s=self._budget_s, refresh=False)
         except Exception:
             errors += 1
             self._failed_once("sessions")
@@ -137,6 +139,24 @@ class Sampler:
         self.ticks += 1
         self.last_tick_ms = total_ms
         self.max_tick_ms = max(self.max_tick_ms, total_ms)
+        # The per-Model work (up to the budget) in a callback of its own:
+        # whatever came due meanwhile runs between the two.
+        if self.running:
+            IOLoop.current().add_callback(self.refresh)
+        else:
+            self.refresh()
+
+    def refresh(self) -> None:
+        """ Refresh per-Model figures within the budget (round-robin over
+        sessions; see :meth:`SessionTracker.refresh`).  Never raises. """
+        started = time.perf_counter()
+        try:
+            self.tracker.refresh(self._budget_s)
+        except Exception:
+            self._failed_once("refresh")
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.last_refresh_ms = elapsed_ms
+        self.max_refresh_ms = max(self.max_refresh_ms, elapsed_ms)
 
     def _failed_once(self, name: str) -> None:
         if name in self._failed:

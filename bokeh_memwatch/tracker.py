@@ -245,7 +245,9 @@ class SessionTracker:
 
     # -- per tick -----------------------------------------------------------
 
-    def observe(self, live: Mapping[str, Iterable[SessionLike]], *, budget_s: float | None = None) -> TickCounts:
+    def observe(
+        self, live: Mapping[str, Iterable[SessionLike]], *, budget_s: float | None = None, refresh: bool = True,
+    ) -> TickCounts:
         """ Reconcile with the sessions the server holds now and count.
 
         Counting sessions, connections, Documents, Models per Document and
@@ -255,7 +257,9 @@ class SessionTracker:
         round-robin within ``budget_s`` seconds (None: all of it), so a tick
         stays short however many sessions and Models there are; figures not
         refreshed this time are the last ones measured.  Nothing here grows
-        with the size of the heap.
+        with the size of the heap.  With ``refresh=False`` the per-Model work
+        is left to a separate :meth:`refresh` call (the sampler runs it in a
+        callback of its own, so the two never add up in one stall).
         """
         deadline = None if budget_s is None else time.perf_counter() + budget_s
         apps: dict[str, dict[str, float]] = {}
@@ -292,7 +296,8 @@ class SessionTracker:
         for session_id, record in list(self._live.items()):
             if session_id not in seen and record.app in live:
                 self._mark_destroyed(record, seen_by="tick")
-        self._refresh_round_robin(deadline)
+        if refresh:
+            self._refresh_round_robin(deadline)
         totals = _empty_app_counts()
         totals["pending_orphans"] = 0
         now = self._clock()
@@ -320,6 +325,11 @@ class SessionTracker:
             for key, value in counts.items():
                 totals[key] = totals.get(key, 0) + value
         return TickCounts(apps=apps, totals=totals)
+
+    def refresh(self, budget_s: float | None) -> None:
+        """ The per-Model work of :meth:`observe`, within ``budget_s``
+        seconds (None: all of it); at least one session per call. """
+        self._refresh_round_robin(None if budget_s is None else time.perf_counter() + budget_s)
 
     def _refresh_round_robin(self, deadline: float | None) -> None:
         """ Refresh the per-Model figures of as many sessions as the budget

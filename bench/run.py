@@ -55,9 +55,9 @@ class Profile:
 
     name: str
     rounds: int = 5                      # A/B/C rounds of the latency figures
-    gets_per_batch: int = 3
-    pulls_per_batch: int = 2
-    roundtrips_per_batch: int = 10
+    gets_per_batch: int = 8              # off and on (the target); on+tracemalloc takes a quarter
+    pulls_per_batch: int = 4
+    roundtrips_per_batch: int = 50
     sessions: int = 200                  # sessions held during the lag and RSS figures
     interval_ms: int = 5000              # memwatch's sampler (its default) and Bokeh's mem log
     lag_windows: int = 3
@@ -164,24 +164,28 @@ def measure_latency(profile: Profile, servers: dict[str, BenchServer]) -> dict[s
             marks.append({m: (len(gets[m]), len(pulls[m]), len(trips[m])) for m in modes})
             for mode in order:
                 server = servers[mode]
+                # The ratios that matter are on / off: on+tracemalloc (4x slower) gets fewer samples.
+                share = 4 if mode == "on+tracemalloc" else 1
+                n_gets, n_pulls, n_trips = (max(1, n // share) for n in (
+                    profile.gets_per_batch, profile.pulls_per_batch, profile.roundtrips_per_batch))
                 with alone(server, servers.values()):  # the others paused
                     url = server.app_url
                     cpu_before = server.cpu_s()
-                    for _ in range(profile.gets_per_batch):
+                    for _ in range(n_gets):
                         gets[mode].append(get_page(url))
                     cpu_mid = server.cpu_s()
-                    cpu["page GET"][mode].append((cpu_mid - cpu_before) / profile.gets_per_batch)
-                    for _ in range(profile.pulls_per_batch):
+                    cpu["page GET"][mode].append((cpu_mid - cpu_before) / n_gets)
+                    for _ in range(n_pulls):
                         started = time.perf_counter()
                         session = pull(url)
                         pulls[mode].append(time.perf_counter() - started)
                         session.close()
                     cpu_before = server.cpu_s()
-                    cpu["pull_session"][mode].append((cpu_before - cpu_mid) / profile.pulls_per_batch)
+                    cpu["pull_session"][mode].append((cpu_before - cpu_mid) / n_pulls)
                     client = clients[mode]
                     slider = client.document.get_model_by_name("frequency")
                     status = client.document.get_model_by_name("status")
-                    for _ in range(profile.roundtrips_per_batch):
+                    for _ in range(n_trips):
                         value = value + 0.5 if value < 49 else 1.0
                         want = status_text(value)
                         started = time.perf_counter()
@@ -191,7 +195,7 @@ def measure_latency(profile: Profile, servers: dict[str, BenchServer]) -> dict[s
                         client._connection._loop_until(lambda status=status, want=want: status.text == want)
                         trips[mode].append(time.perf_counter() - started)
                     cpu["websocket round trip"][mode].append(
-                        (server.cpu_s() - cpu_before) / profile.roundtrips_per_batch)
+                        (server.cpu_s() - cpu_before) / n_trips)
     finally:
         for client in clients.values():
             client.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -151,9 +152,11 @@ class ProcessServer:
         self.log_path = ROOT / "test-artifacts" / f"server-{port}.log"
         self.log_path.parent.mkdir(exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        # A session (and process group) of its own: ``--num-procs`` workers are
+        # forked children, and must stop with the server, not outlive the test.
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {})}, start_new_session=True,
         )
 
     def wait_ready(self, timeout_s: float = 90.0, statuses: tuple[int, ...] = (200,)) -> ProcessServer:
@@ -170,17 +173,30 @@ class ProcessServer:
         return self
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        """ Stop the server and every process of its group (its workers). """
+        group = self.proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(20)
+        deadline = time.monotonic() + 20
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        self.proc.wait(10)
         self._log.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture

@@ -168,7 +168,7 @@ def measure_latency(profile: Profile, servers: dict[str, BenchServer]) -> dict[s
                 share = 4 if mode == "on+tracemalloc" else 1
                 n_gets, n_pulls, n_trips = (max(1, n // share) for n in (
                     profile.gets_per_batch, profile.pulls_per_batch, profile.roundtrips_per_batch))
-                with alone(server, servers.values()):  # the others paused
+                with alone([server], servers.values()):  # the others paused
                     url = server.app_url
                     cpu_before = server.cpu_s()
                     for _ in range(n_gets):
@@ -246,11 +246,10 @@ def lag_windows(servers: Sequence[BenchServer], windows: int, window_s: float,
     """ Lateness of each server's 5 ms probe over ``windows`` idle windows.
     ``servers`` are measured over the same windows (the client sleeps) with
     ``alone_servers`` paused; each of those is then measured alone. """
-    out: dict[str, list[dict[str, Any]]] = {s.name: [] for s in [*servers, *alone_servers]}
     everyone = [*servers, *alone_servers]
-    for group, paused in [(list(servers), list(alone_servers)), *[([s], []) for s in alone_servers]]:
-        quiet = alone(None, paused) if paused else alone(group[0], everyone)
-        with quiet:
+    out: dict[str, list[dict[str, Any]]] = {s.name: [] for s in everyone}
+    for group in [list(servers), *[[s] for s in alone_servers]]:
+        with alone(group, everyone):
             for _ in range(windows):
                 for server in group:
                     server.control("lag", reset=1)

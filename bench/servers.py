@@ -194,10 +194,12 @@ def nodelay(session: Any) -> None:
 
 
 @contextlib.contextmanager
-def alone(server: BenchServer | None, others: Iterable[BenchServer]) -> Iterator[None]:
-    """ Pause every server of ``others`` but ``server`` while the block runs:
-    on two cores, a neighbour's heap scan or sampler would land in the figures. """
-    paused = [s for s in others if s is not server]
+def alone(running: Iterable[BenchServer], everyone: Iterable[BenchServer]) -> Iterator[None]:
+    """ Pause every server of ``everyone`` but those ``running`` while the
+    block runs: on two cores, a neighbour's heap scan or sampler would land
+    in the figures. """
+    keep = list(running)
+    paused = [s for s in everyone if s not in keep]
     for other in paused:
         other.pause()
     try:

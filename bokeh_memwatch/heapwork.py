@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
+from .saferepr import describe_exception
+
 log = logging.getLogger(__name__)
 
 __all__ = (
@@ -399,14 +401,14 @@ def _child_main(fn: Callable[[], JSONValue], read_fd: int, write_fd: int) -> NoR
             else:
                 message = {"value": value}
         except BaseException as e:
-            message = {"error": _describe_exception(e)}
+            message = {"error": describe_exception(e, limit=_MAX_ERROR_CHARS)}
         message["peak_rss_bytes"] = _proc_kib_field("/proc/self/status", "VmHWM:")
         message["private_bytes"] = _private_bytes()
         try:
             data = json.dumps(message).encode() + b"\n" + body
         except (TypeError, ValueError) as e:
             data = json.dumps({"error": "the result is not JSON-serialisable: "
-                               + _describe_exception(e)}).encode()
+                               + describe_exception(e, limit=_MAX_ERROR_CHARS)}).encode()
         view = memoryview(data)
         while view:
             written = os.write(write_fd, view)
@@ -449,7 +451,7 @@ async def _run_threaded(
             else:
                 outcome = (True, json.loads(json.dumps(value)))
         except BaseException as e:
-            outcome = (False, _describe_exception(e))
+            outcome = (False, describe_exception(e, limit=_MAX_ERROR_CHARS))
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(settle, outcome)
 
@@ -477,14 +479,6 @@ async def _run_threaded(
         child_peak_rss_bytes=None,
         body=payload.body if rendered else None,
     )
-
-
-def _describe_exception(e: BaseException) -> str:
-    try:
-        text = f"{type(e).__qualname__}: {e}"
-    except Exception:  # a broken __str__
-        text = type(e).__qualname__
-    return text[:_MAX_ERROR_CHARS]
 
 
 def _proc_kib_field(path: str, field_name: str) -> int | None:

@@ -32,7 +32,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .saferepr import json_default
+from .saferepr import error_section, json_default
 
 if TYPE_CHECKING:
     from .core import MemWatch
@@ -126,7 +126,7 @@ async def write_limit_report(
         try:
             report[name] = read()
         except Exception as e:  # a section that fails must not lose the rest
-            report[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
+            report[name] = error_section(e)
     snapshot_path: str | None = None
     manager = memwatch.snapshots
     if manager is None or not tracemalloc.is_tracing():
@@ -142,7 +142,7 @@ async def write_limit_report(
             report["allocators"] = answer.to_dict()
         except Exception as e:
             log.warning("memwatch: the limit snapshot failed: %s", e)
-            report.setdefault("snapshot", {"error": f"{type(e).__name__}: {e}"[:500]})
+            report.setdefault("snapshot", error_section(e))
     report["versions"] = {**(report.get("summary", {}).get("versions") or {}), "platform": sys.platform}
     report_path = stem + ".json"
     text = json.dumps(report, allow_nan=False, default=json_default, indent=1)

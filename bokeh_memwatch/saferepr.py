@@ -21,7 +21,17 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-__all__ = ("json_array", "json_default", "json_lines", "merge_json_objects", "render_json", "safe_repr", "type_name")
+__all__ = (
+    "describe_exception",
+    "error_section",
+    "json_array",
+    "json_default",
+    "json_lines",
+    "merge_json_objects",
+    "render_json",
+    "safe_repr",
+    "type_name",
+)
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = 60
@@ -47,6 +57,21 @@ def json_default(value: object) -> str:
     """ ``json.dumps(default=...)`` for what JSON cannot hold (a path, a
     numpy scalar): its ``str``.  Reports and API answers use this one. """
     return str(value)
+
+
+def describe_exception(e: BaseException, *, limit: int = 500) -> str:
+    """ ``Type: message`` of an exception, at most ``limit`` characters;
+    survives a broken ``__str__``. """
+    try:
+        text = f"{type(e).__qualname__}: {e}"
+    except Exception:  # a broken __str__
+        text = type(e).__qualname__
+    return text[:limit]
+
+
+def error_section(e: BaseException) -> dict[str, str]:
+    """ What a report holds in place of a section that failed. """
+    return {"error": describe_exception(e)}
 
 
 def render_json(value: object, *, indent: int | None = None) -> bytes:

@@ -42,7 +42,7 @@ from typing import Any, Literal, Protocol
 
 from . import chains as chain_search
 from .heapwork import HeapWorker, Rendered
-from .saferepr import json_array, json_lines, merge_json_objects, render_json
+from .saferepr import error_section, json_array, json_lines, merge_json_objects, render_json
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +339,18 @@ def _types_rendered(rows: list[list[Any]], baseline_types_path: str | None) -> t
         return meta, types_lines
     meta["growth_offset"] = len(types_lines) + 1
     return meta, types_lines + b"\n" + json_lines(answer["growth"])
+
+
+def _split_types(meta: Mapping[str, Any], body: bytes) -> dict[str, Any]:
+    """ What the server caches of a rendered summary: its totals, and its
+    type rows and growth rows (``None`` without a comparison) as encoded lines. """
+    offset = meta["growth_offset"]
+    return {
+        "types_total": meta["types_total"],
+        "size_bytes_total": meta["size_bytes_total"],
+        "types_lines": body if offset is None else body[:offset - 1],
+        "growth_lines": None if offset is None else body[offset:],
+    }
 
 
 def _types_job(baseline_types_path: str | None, parent_pid: int) -> Rendered:
@@ -659,9 +671,9 @@ class SnapshotManager:
         self._baseline = {"created_at": now, "types_path": types_path}
         if types_path is not None and outcome.body is not None:
             # The baseline's summary is also the freshest type summary there is.
-            self._types = {"monotonic": time.monotonic(), "created_at": now, "meta": value["types"],
-                           "lines": outcome.body, "baseline_at": now, "is_baseline": True,
-                           "costs": outcome.costs()}
+            self._types = {"monotonic": time.monotonic(), "created_at": now,
+                           **_split_types(value["types"], outcome.body), "baseline_at": now,
+                           "is_baseline": True, "costs": outcome.costs()}
         return {**self.baseline_state(), **outcome.costs()}
 
     def baseline_state(self) -> dict[str, Any]:
@@ -724,23 +736,21 @@ class SnapshotManager:
             await self._refresh_types()
             cached = self._types
         assert cached is not None
-        meta, lines = cached["meta"], cached["lines"]
         data: dict[str, Any] = {
-            "types_total": meta["types_total"],
-            "size_bytes_total": meta["size_bytes_total"],
+            "types_total": cached["types_total"],
+            "size_bytes_total": cached["size_bytes_total"],
             "created_at": cached["created_at"],
             "age_s": round(time.monotonic() - cached["monotonic"], 3),
             "min_interval_s": self.types_min_interval_s,
             **cached["costs"],
         }
-        offset = meta["growth_offset"]
-        types_lines = lines if offset is None else lines[:offset - 1]
-        rendered = b'{"types": ' + json_array(types_lines, limit)
-        if compare is None or offset is None:
+        growth_lines = cached["growth_lines"]
+        rendered = b'{"types": ' + json_array(cached["types_lines"], limit)
+        if compare is None or growth_lines is None:
             data["compare"] = None
         else:
             rendered += (b', "compare": {"baseline_created_at": ' + render_json(baseline_at)
-                         + b', "types": ' + json_array(lines[offset:], limit) + b"}")
+                         + b', "types": ' + json_array(growth_lines, limit) + b"}")
         return Answer(data, rendered + b"}")
 
     async def _refresh_types(self) -> None:
@@ -757,8 +767,8 @@ class SnapshotManager:
                 functools.partial(_types_job, types_path, os.getpid()), timeout_s=self.timeout_s,
             )
             self._types = {
-                "monotonic": time.monotonic(), "created_at": self._clock(), "meta": outcome.value,
-                "lines": outcome.body or b"",
+                "monotonic": time.monotonic(), "created_at": self._clock(),
+                **_split_types(outcome.value, outcome.body or b""),
                 "baseline_at": baseline["created_at"] if types_path is not None and baseline else None,
                 "is_baseline": False,
                 "costs": outcome.costs(),
@@ -795,7 +805,7 @@ class SnapshotManager:
             try:
                 chain_jobs.append((session_id, source.prepare_chain(session_id, roots)))
             except Exception as e:
-                chain_jobs.append((session_id, _error(e)))
+                chain_jobs.append((session_id, error_section(e)))
         tracing = tracemalloc.is_tracing()
         baseline_types = self._baseline["types_path"] if self._baseline is not None else None
         head: dict[str, Any] = {
@@ -823,7 +833,7 @@ class SnapshotManager:
             try:
                 return {"sessions": source.sessions()}
             except Exception as e:
-                return {"sessions": _error(e)}
+                return {"sessions": error_section(e)}
 
         # A forked worker reads the sessions (the bulk of the report) from its
         # copy of the heap; a thread must not read them while the loop changes them.
@@ -848,7 +858,7 @@ class SnapshotManager:
             try:
                 summary = render_json({"summary": source.summary()}, indent=1)
             except Exception as e:
-                summary = render_json({"summary": _error(e)}, indent=1)
+                summary = render_json({"summary": error_section(e)}, indent=1)
             outcome = await running
         finally:
             if not running.done():
@@ -884,7 +894,7 @@ def _report_job(
                 )
             del snapshot
         except Exception as e:
-            report["allocators"] = _error(e)
+            report["allocators"] = error_section(e)
     else:
         report["allocators"] = {"error": "tracemalloc was not tracing"}
     _stop_tracing_in_child(parent_pid)
@@ -898,7 +908,7 @@ def _report_job(
             found = search()
             explained[session_id] = {**fields, **found, "text": chain_search.format_chain(found)}
         except Exception as e:
-            explained[session_id] = _error(e)
+            explained[session_id] = error_section(e)
     report["chains"] = explained
     if with_types:
         try:
@@ -910,16 +920,12 @@ def _report_job(
                 "compare": None if answer["growth"] is None else {"types": answer["growth"][:types_limit]},
             }
         except Exception as e:
-            report["types"] = _error(e)
+            report["types"] = error_section(e)
     else:
         report["types"] = {"error": "pympler is not installed: pip install pympler"}
     report["settings"] = {name: settings[name] for name in ("options", "server", "snapshots")}
     report["versions"] = {**settings["versions"], "pympler": _pympler_version(), "platform": sys.platform}
     return Rendered({}, render_json(report, indent=1))
-
-
-def _error(e: BaseException) -> dict[str, Any]:
-    return {"error": f"{type(e).__name__}: {e}"[:500]}
 
 
 def _unlink(*paths: str) -> None:

@@ -423,6 +423,8 @@ class PageCache:
 class DashboardHandler(JSONHandler):
     """ ``{prefix}/memwatch``: the page (same access rules as the API). """
 
+    cross_site_navigation = True
+
     def initialize(self, memwatch: MemWatch, cache: PageCache) -> None:  # type: ignore[override]
         super().initialize(memwatch)
         self.cache = cache

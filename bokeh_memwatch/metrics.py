@@ -202,6 +202,8 @@ def render(registry: CollectorRegistry) -> bytes:
 class MetricsHandler(JSONHandler):
     """ ``GET {prefix}/memwatch/metrics``: the text format (errors stay JSON). """
 
+    cross_site_navigation = True
+
     def initialize(self, memwatch: MemWatch, registry: CollectorRegistry) -> None:  # type: ignore[override]
         super().initialize(memwatch)
         self.registry = registry

@@ -9,7 +9,19 @@ from :func:`_int_arg` / :func:`_float_arg`; nothing a client sends becomes a
 Access: when the server has Bokeh authentication (``--auth-module``, Panel's
 ``--basic-auth`` or OAuth) the API requires the same login as the apps; with
 no authentication only loopback clients are answered, unless the operator
-passes ``--memwatch-allow-remote``.
+passes ``--memwatch-allow-remote``.  A loopback client must also name a
+loopback host (``Host: localhost``, ``127.0.0.1``, ``[::1]``, with or without a
+port) or one of Bokeh's ``--allow-websocket-origin`` hosts, so that a page
+rebound to 127.0.0.1 by DNS (``Host: evil.example``) is refused; a request
+that came through a proxy (``X-Forwarded-For``, ``X-Real-Ip``, ``Forwarded``)
+is never a loopback client.  Requests a page of another site makes
+(``Sec-Fetch-Site: cross-site`` or ``same-site``, or a foreign ``Origin``)
+are refused on every endpoint, GETs included; only a link followed to the
+dashboard, the index, the summary or the metrics is let through.
+
+Nothing a client sends reaches a log line: the ``token`` query parameter (and
+the token itself, wherever it appears) is cut from the request's URL before
+tornado or memwatch logs it.
 """
 from __future__ import annotations
 
@@ -19,10 +31,13 @@ import json
 import logging
 import math
 import os
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+import re
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import unquote_plus, urlsplit
 
+from bokeh.server.util import check_allowlist
 from bokeh.server.views.auth_request_handler import AuthRequestHandler
+from bokeh.settings import settings as bokeh_settings
 from tornado.web import HTTPError
 
 from .core import SessionAlive, SessionCollected, UnknownSession
@@ -30,6 +45,9 @@ from .heapwork import HeapWorkBusy, HeapWorkError, HeapWorkTimeout
 from .saferepr import merge_json_objects, render_json
 
 if TYPE_CHECKING:
+    from tornado.httputil import HTTPServerRequest
+    from tornado.web import Application
+
     from .core import MemWatch, MemwatchOptions
 
 log = logging.getLogger(__name__)
@@ -40,11 +58,16 @@ __all__ = (
     "float_arg",
     "int_arg",
     "json_body",
+    "json_depth",
     "no_query_args",
+    "redact_uri",
     "routes",
 )
 
 MAX_BODY_BYTES = 64 * 1024
+
+#: Deepest nesting of arrays and objects a JSON body may have (actions take flat objects).
+MAX_JSON_DEPTH = 32
 
 #: Rows per history request: building and encoding 1000 samples costs ~25 ms on the loop;
 #: page forward with ``since`` for more.
@@ -55,6 +78,19 @@ class JSONHandler(AuthRequestHandler):
     """ Common ground: access control, JSON bodies and JSON errors. """
 
     memwatch: MemWatch
+
+    #: A link followed from another site may open this endpoint (cheap GETs
+    #: only: the dashboard page, the index, the summary, the metrics).
+    cross_site_navigation: ClassVar[bool] = False
+
+    def __init__(self, application: Application, request: HTTPServerRequest, **kwargs: Any) -> None:
+        # Before anything can log the request (tornado's access log, its
+        # 405 for an unknown method, an uncaught exception's repr).
+        memwatch = kwargs.get("memwatch")
+        secret = memwatch.options.token if memwatch is not None else ""
+        request.uri = redact_uri(request.uri or "", secret)
+        request.query = redact_uri("?" + request.query, secret)[1:]
+        super().__init__(application, request, **kwargs)
 
     def initialize(self, memwatch: MemWatch) -> None:
         self.memwatch = memwatch
@@ -69,7 +105,7 @@ class JSONHandler(AuthRequestHandler):
         await super().prepare()  # type: ignore[no-untyped-call]
         self.memwatch.note_tornado_app(self.application)  # type: ignore[arg-type]
         check_access(self, self.memwatch.options)
-        if self.request.method not in ("GET", "HEAD", "OPTIONS"):
+        if not (self.cross_site_navigation and self.request.method == "GET" and _is_navigation(self.request)):
             check_same_origin(self)
 
     def write_json(self, data: dict[str, Any], status: int = 200, *, rendered: bytes | None = None) -> None:
@@ -95,6 +131,24 @@ class JSONHandler(AuthRequestHandler):
 
 TOKEN_COOKIE = "memwatch_token"
 TOKEN_HEADER = "X-Memwatch-Token"
+REDACTED = "(redacted)"
+
+
+def redact_uri(uri: str, secret: str = "") -> str:
+    """ ``uri`` with the value of every ``token`` query parameter (however its
+    name is encoded) replaced by ``(redacted)``, and ``secret`` (the token)
+    wherever else it appears. """
+    path, sep, query = uri.partition("?")
+    if sep:
+        parts = query.split("&")
+        for i, part in enumerate(parts):
+            name = part.split("=", 1)[0]
+            if "token" in unquote_plus(name, encoding="latin-1", errors="replace").lower():
+                parts[i] = f"{name}={REDACTED}"
+        uri = path + sep + "&".join(parts)
+    if secret and len(secret) >= 8:
+        uri = uri.replace(secret, REDACTED)
+    return uri
 
 
 def check_access(handler: JSONHandler, options: MemwatchOptions) -> None:
@@ -110,13 +164,73 @@ def check_access(handler: JSONHandler, options: MemwatchOptions) -> None:
         raise HTTPError(401, reason="login required: memwatch uses the server's authentication")
     if options.token:
         raise HTTPError(401, reason=f"memwatch token required ({TOKEN_HEADER} header or ?token=)")
-    if options.allow_remote or _is_loopback(handler.request.remote_ip):
+    if options.allow_remote:
+        return
+    forwarded = [name for name in FORWARDING_HEADERS if name in handler.request.headers]
+    if forwarded:
+        raise HTTPError(
+            403,
+            reason=f"this request came through a proxy ({', '.join(forwarded)}): memwatch answers only "
+            "direct loopback clients when the server has no authentication (set --memwatch-token)",
+        )
+    if not _is_loopback(handler.request.remote_ip):
+        raise HTTPError(
+            403,
+            reason="memwatch answers only loopback clients when the server has no authentication "
+            "(set --memwatch-token, or --memwatch-allow-remote)",
+        )
+    check_host(handler)
+
+
+#: Headers a proxy adds (and a client can forge); with ``--use-xheaders``
+#: tornado takes the client's address from the first two.
+FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-Ip", "Forwarded")
+
+
+def check_host(handler: JSONHandler) -> None:
+    """ Refuse a loopback request whose ``Host`` names neither a loopback
+    host nor one of the server's websocket origins (``--allow-websocket-origin``,
+    ``BOKEH_ALLOW_WS_ORIGIN``): a DNS-rebound page sends its own name. """
+    host = handler.request.headers.get("Host")
+    if not host:
+        return  # HTTP/1.0 without Host: no browser sends that
+    if host_is_loopback(host):
+        return
+    allowed = set(getattr(handler.application, "websocket_origins", ()) or ())
+    allowed.update(bokeh_settings.allowed_ws_origin() or ())
+    if check_allowlist(host.strip().lower(), list(allowed)):
         return
     raise HTTPError(
         403,
-        reason="memwatch answers only loopback clients when the server has no authentication "
-        "(set --memwatch-token, or --memwatch-allow-remote)",
+        reason=f"Host {host[:80]!r} is neither a loopback name nor an allowed websocket origin "
+        "(add it with --allow-websocket-origin, or use localhost / 127.0.0.1)",
     )
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def host_is_loopback(host: str) -> bool:
+    """ Does a ``Host`` value (``name``, ``name:port``, ``[v6]``, ``[v6]:port``)
+    name this machine's loopback: ``localhost`` or a loopback address? """
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not (rest[:1] == ":" and _PORT.fullmatch(rest[1:]))):
+            return False
+        return _is_loopback(name)
+    if host.count(":") == 1:
+        host, port = host.split(":")
+        if not _PORT.fullmatch(port):
+            return False
+    name = host[:-1] if host.endswith(".") else host
+    return name == "localhost" or _is_loopback(name)
+
+
+def _is_navigation(request: HTTPServerRequest) -> bool:
+    """ A top-level page load (a link followed, an address typed). """
+    headers = request.headers
+    return headers.get("Sec-Fetch-Mode") == "navigate" and headers.get("Sec-Fetch-Dest") == "document"
 
 
 def _token_ok(handler: JSONHandler, token: str) -> bool:
@@ -142,11 +256,17 @@ def _token_ok(handler: JSONHandler, token: str) -> bool:
 
 
 def check_same_origin(handler: JSONHandler) -> None:
-    """ Refuse a state-changing request sent by a page of another origin.
+    """ Refuse a request sent by a page of another origin: an action, or a
+    GET that an ``<img>`` on any page could repeat (a heap job forks).
     (Actions also require a JSON body, which such a page cannot send without
     a CORS preflight that memwatch never grants.) """
-    if handler.request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-        raise HTTPError(403, reason="cross-site request refused")
+    site = handler.request.headers.get("Sec-Fetch-Site", "same-origin")
+    if site not in ("same-origin", "none"):
+        raise HTTPError(
+            403,
+            reason=f"{site[:40]} request refused (Sec-Fetch-Site): open memwatch from its dashboard "
+            "or type its address",
+        )
     origin = handler.request.headers.get("Origin")
     if origin is None:
         return
@@ -159,9 +279,12 @@ def _is_loopback(address: str | None) -> bool:
     if not address:
         return False
     try:
-        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback  # ::ffff:127.0.0.1 from a dual-stack socket
+    return ip.is_loopback
 
 
 def int_arg(handler: JSONHandler, name: str, default: int, *, lo: int, hi: int) -> int:
@@ -206,13 +329,35 @@ def json_body(handler: JSONHandler) -> dict[str, Any]:
     raw = handler.request.body or b"{}"
     if len(raw) > MAX_BODY_BYTES:
         raise HTTPError(413, reason=f"body larger than {MAX_BODY_BYTES} bytes")
+    too_deep = f"body nested deeper than {MAX_JSON_DEPTH} levels"
     try:
         body = json.loads(raw)
+    except RecursionError:  # the decoder recurses once per level
+        raise HTTPError(400, reason=too_deep) from None
     except ValueError:
         raise HTTPError(400, reason="body is not valid JSON") from None
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise HTTPError(400, reason=too_deep)
     if not isinstance(body, dict):
         raise HTTPError(400, reason="body must be a JSON object")
     return body
+
+
+def json_depth(value: Any) -> int:
+    """ The deepest nesting of lists and dicts in a decoded JSON value
+    (``1`` for a flat object, ``0`` for a scalar); iterative, so any depth
+    costs no recursion. """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in item if isinstance(child, (list, dict)))
+    return deepest
 
 
 #: Every endpoint, for ``GET api/``; modules that add routes add their rows.
@@ -263,6 +408,8 @@ ENDPOINTS: list[dict[str, str]] = [
 
 
 class IndexHandler(JSONHandler):
+    cross_site_navigation = True
+
     def get(self) -> None:
         no_query_args(self)
         prefix = self.application.prefix  # type: ignore[attr-defined]
@@ -271,6 +418,8 @@ class IndexHandler(JSONHandler):
 
 
 class SummaryHandler(JSONHandler):
+    cross_site_navigation = True
+
     def get(self) -> None:
         no_query_args(self)
         self.write_json(self.memwatch.summary())

@@ -237,3 +237,201 @@ def test_a_failing_collector_is_logged_once_and_marked(serve, caplog) -> None:
     api(server.url, "gc", "POST")
     wait_until(lambda: api(server.url, "summary")["orphans"] == 1)
     assert api(server.url, f"orphans/{sid}/chain", "POST")["complete"]
+
+
+# -- issue 17: hostile requests ---------------------------------------------------------
+
+#: Every endpoint that reads a JSON body.
+JSON_ACTIONS = ("gc", "tracemalloc", "snapshots", "baseline", "orphans/{sid}/chain")
+
+
+def _post_raw(url: str, raw: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=raw, method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    status, _, body = _send(request)
+    return status, body
+
+
+def _send(request: urllib.request.Request) -> tuple[int, dict[str, str], Any]:
+    import json
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, raw, headers = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as e:
+        status, raw, headers = e.code, e.read(), dict(e.headers)
+    try:
+        return status, headers, json.loads(raw)
+    except ValueError:
+        return status, headers, raw.decode("utf-8", "replace")
+
+
+def test_deeply_nested_json_is_a_400_on_every_action(serve) -> None:
+    server = serve({"/app": script_app("leak_global")}, gc_min_interval_s=0)
+    [sid] = open_and_close_sessions(server.url + "/app", 1)
+    wait_until(lambda: api(server.url, "summary")["sessions_destroyed_total"] >= 1)
+    bodies = [
+        b"[" * 60_000,                                   # the issue's body: RecursionError in json.loads
+        b'{"a":' * 12_000,                               # unterminated objects
+        b'{"x":' + b"[" * 5_000 + b"]" * 5_000 + b"}",  # valid JSON, 5001 levels
+        b'{"x":' + b"[" * 40 + b"]" * 40 + b"}",        # valid JSON, 41 levels
+        b'{"x":"' + b"[" * 60_000 + b'"}',              # brackets in a string are not nesting
+    ]
+    for action in JSON_ACTIONS:
+        url = f"{server.url}/memwatch/api/{action.format(sid=sid)}"
+        for raw in bodies:
+            status, body = _post_raw(url, raw)
+            assert status == 400, (action, raw[:20], status, body)
+            assert isinstance(body, dict) and body["error"] and "Traceback" not in str(body)
+            if raw.count(b"[") > 32 and b'"[' not in raw:
+                assert "nested deeper than 32" in body["error"], (action, body)
+    # Shallow bodies are still read (and answered as usual).
+    status, body = _post_raw(f"{server.url}/memwatch/api/gc", b"{}")
+    assert status == 200 and body["ran"], body
+    status, body = _post_raw(f"{server.url}/memwatch/api/tracemalloc", b'{"action": [[["start"]]]}')
+    assert status == 400 and "action must be" in body["error"], body
+
+
+def test_the_token_never_reaches_a_log_line(serve, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = serve({"/clean": script_app("clean")}, token=TOKEN)
+    base = f"{server.url}/memwatch"
+    quoted = urllib.parse.quote(TOKEN)
+    cases = [
+        ("GET", f"{base}/api/summary?token={quoted}", 200),
+        ("GET", f"{base}/api/summary?token={quoted}&x=1", 400),          # the issue's example
+        ("GET", f"{base}/api/summary?%74oken={quoted}", 200),            # tornado decodes the name
+        ("GET", f"{base}/api/summary?token=wrong-but-still-secret-1", 401),
+        ("GET", f"{base}/api/history?token={quoted}&limit=abc", 400),
+        ("GET", f"{base}/api/nothing-here?token={quoted}", 404),
+        ("GET", f"{base}/metrics?token={quoted}", 200),
+        ("GET", f"{base}?token={quoted}", 200),                          # the dashboard page
+        ("PATCH", f"{base}/api/summary?token={quoted}", 405),            # refused before prepare()
+        ("GET", f"{base}/api/summary?x={quoted}", 401),                  # the token in another parameter
+        ("GET", f"{base}/api/types?token={quoted}", 403),                # cross-site, below
+    ]
+    for method, url, expected in cases:
+        headers = {"Sec-Fetch-Site": "cross-site"} if "types" in url else {}
+        status, _, body = _send(urllib.request.Request(url, method=method, headers=headers))
+        assert status == expected, (method, url, status, body)
+    # A bug in memwatch (forced here): tornado logs the request's repr with the traceback.
+    original = server.memwatch.summary
+
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("forced failure")
+
+    server.memwatch.summary = broken
+    try:
+        assert http("GET", f"{base}/api/summary?token={quoted}")[0] == 500
+    finally:
+        server.memwatch.summary = original
+    access = [r for r in caplog.records if r.name == "tornado.access"]
+    assert len(access) >= len(cases), [r.getMessage() for r in access]  # the access log did run
+    assert any("(redacted)" in r.getMessage() for r in access)
+    assert any(r.name == "tornado.application" for r in caplog.records)  # so did the uncaught-exception log
+    for secret in (TOKEN, quoted, "wrong-but-still-secret-1"):
+        assert secret not in caplog.text, [line for line in caplog.text.splitlines() if secret in line]
+
+
+def _host_status(url: str, host: str, origin: str | None = None, method: str = "GET") -> int:
+    headers = {"Host": host, **({"Origin": origin} if origin else {})}
+    data = b"{}" if method == "POST" else None
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    return _send(urllib.request.Request(url, data=data, method=method, headers=headers))[0]
+
+
+def test_dns_rebinding_is_refused_by_the_host_check(serve) -> None:
+    server = serve({"/clean": script_app("clean")}, gc_min_interval_s=0,
+                   allow_websocket_origin=["myapp.example:8443", "other.example"])
+    port = server.server.port
+    summary, gc_url = f"{server.url}/memwatch/api/summary", f"{server.url}/memwatch/api/gc"
+    # The issue's requests: a page rebound to 127.0.0.1 sends its own name.
+    assert _host_status(summary, f"evil.example:{port}", f"http://evil.example:{port}") == 403
+    assert _host_status(gc_url, f"evil.example:{port}", f"http://evil.example:{port}", "POST") == 403
+    refused = ["evil.example", f"127.0.0.1.evil.example:{port}", f"localhost.evil.example:{port}",
+               f"evil.localhost:{port}", "myapp.example:9999", "myapp.example", f"[::1].evil.example:{port}",
+               "[::1]x", "[::1]:http", f"localhost:{port}:{port}", "2130706433", "0x7f000001", f"[fe80::1]:{port}"]
+    for host in refused:
+        assert _host_status(summary, host) == 403, host
+        assert _host_status(f"{server.url}/memwatch", host) == 403, host  # the dashboard page too
+    allowed = ["localhost", f"localhost:{port}", "LOCALHOST", "localhost.", f"127.0.0.1:{port}", "127.0.0.1",
+               f"127.3.4.5:{port}", "[::1]", f"[::1]:{port}", f"[::ffff:127.0.0.1]:{port}",
+               "myapp.example:8443", "MyApp.Example:8443", "other.example", "other.example:80"]
+    for host in allowed:
+        assert _host_status(summary, host) == 200, host
+    assert _host_status(gc_url, f"localhost:{port}", f"http://localhost:{port}", "POST") == 200
+    # With a token (or --memwatch-allow-remote) the Host does not decide.
+    tokened = serve({"/clean": script_app("clean")}, token=TOKEN)
+    request = urllib.request.Request(f"{tokened.url}/memwatch/api/summary",
+                                     headers={"Host": "evil.example", "X-Memwatch-Token": TOKEN})
+    assert _send(request)[0] == 200
+
+
+def test_host_check_on_an_ipv6_loopback_server(serve) -> None:
+    server = serve({"/clean": script_app("clean")}, address="::1")
+    port = server.server.port
+    url = f"http://[::1]:{port}/memwatch/api/summary"
+    assert http("GET", url)[0] == 200  # urllib sends Host: [::1]:port
+    assert _host_status(url, f"evil.example:{port}") == 403
+    assert _host_status(url, f"localhost:{port}") == 200
+
+
+def _every_get_url(base: str, sid: str) -> list[str]:
+    """ Every GET endpoint of ``GET api/`` (and the dashboard page), ids filled in. """
+    from bokeh_memwatch.views import ENDPOINTS
+
+    paths = {e["path"].split("?")[0].replace("<session_id>", sid).replace("<id>", "baseline")
+             for e in ENDPOINTS if e["method"] == "GET"}
+    return [base, *(f"{base}/{p}" for p in sorted(paths))]
+
+
+def test_cross_site_requests_are_refused_on_every_endpoint_gets_included(serve) -> None:
+    server = serve({"/app": script_app("leak_global")}, gc_min_interval_s=0)
+    [sid] = open_and_close_sessions(server.url + "/app", 1)
+    wait_until(lambda: api(server.url, "summary")["sessions_destroyed_total"] >= 1)
+    base = f"{server.url}/memwatch"
+    urls = _every_get_url(base, sid)
+    assert f"{base}/api/types" in urls and f"{base}/api/report" in urls and f"{base}/metrics" in urls
+    forged = [{"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+              {"Origin": "http://evil.example"},  # a browser without Sec-Fetch-* (fetch, CORS mode)
+              {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}]
+    for url in urls:
+        for headers in forged:
+            status, _, body = _send(urllib.request.Request(url, headers=headers))
+            assert status == 403, (url, headers, status, body)
+            assert "refused" in body["error"], body
+    # A link followed from another site opens the cheap pages, never a heavy one.
+    navigate = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
+                "Sec-Fetch-User": "?1"}
+    for url in (base, f"{base}/api/", f"{base}/api/summary", f"{base}/metrics"):
+        assert _send(urllib.request.Request(url, headers=navigate))[0] == 200, url
+    for path in ("types", "report", "allocators", "history", "advice", "sessions", "orphans"):
+        assert _send(urllib.request.Request(f"{base}/api/{path}", headers=navigate))[0] == 403, path
+    # Same-origin requests and typed addresses are answered.
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {}):
+        assert _send(urllib.request.Request(f"{base}/api/history", headers=headers))[0] == 200
+
+
+def test_forwarded_requests_are_not_loopback_clients(serve) -> None:
+    """ With --use-xheaders tornado takes the client's address from X-Real-Ip
+    or X-Forwarded-For, which a client can forge unless the proxy overwrites
+    them; without it, a proxy on this host makes every client look local. """
+    behind = serve({"/clean": script_app("clean")}, use_xheaders=True)
+    url = f"{behind.url}/memwatch/api/summary"
+    for forged in ({"X-Real-Ip": "127.0.0.1"}, {"X-Forwarded-For": "127.0.0.1"}, {"X-Forwarded-For": "::1"},
+                   {"Forwarded": "for=127.0.0.1"}):
+        status, _, body = http("GET", url, headers=forged)
+        assert status == 403 and "proxy" in body["error"], (forged, body)
+    assert http("GET", url)[0] == 200  # a direct loopback client
+    local_proxy = serve({"/clean": script_app("clean")})
+    url = f"{local_proxy.url}/memwatch/api/summary"
+    assert http("GET", url, headers={"X-Forwarded-For": "203.0.113.7"})[0] == 403
+    assert http("GET", url, headers={"X-Real-Ip": "203.0.113.7"})[0] == 403
+    assert http("GET", url)[0] == 200
+    assert http("GET", f"{local_proxy.url}/clean", headers={"X-Forwarded-For": "203.0.113.7"})[0] == 200
+    # A token lets proxied clients in, whatever they claim.
+    tokened = serve({"/clean": script_app("clean")}, use_xheaders=True, token=TOKEN)
+    headers = {"X-Real-Ip": "127.0.0.1", "X-Memwatch-Token": TOKEN}
+    assert http("GET", f"{tokened.url}/memwatch/api/summary", headers=headers)[0] == 200

@@ -22,6 +22,22 @@ fork).  The file is kept in WAL mode, bounded by age (``max_age_s``) and by
 size (``max_bytes``; oldest rows go first, freed pages are returned to the
 file system with incremental vacuum).
 
+Reads run on the IOLoop, so each one is bounded whatever the size of the
+file: every query is a range search of an index (``(server, t)`` or
+``(server, pid, t)``) over a time window or up to a ``LIMIT``; the SQL is
+built by :func:`select_samples` and :func:`select_latest_per_pid`, whose
+plans a test checks with ``EXPLAIN QUERY PLAN``.
+
+The file can go away under a running server.  Before each write the writer
+thread checks that the path still names the file it opened; when it was
+deleted or replaced, it warns and reopens (a new file, or the one another
+worker made).  A corrupt file (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``, seen by
+a write or a read) is moved aside to ``history.sqlite3.corrupt`` and a new
+one started.  Other write errors (disk full, read-only) mark the database
+failing after :data:`FAILING_AFTER` in a row.  While the database is
+unusable, :meth:`HistoryDB.state` says ``enabled: false`` with the ``error``;
+a reopen is tried again every ``retry_s``.
+
 This module imports neither tornado nor ``bokeh.server``.
 """
 from __future__ import annotations
@@ -48,9 +64,14 @@ __all__ = (
     "HistoryDB",
     "default_history_dir",
     "resolve_history_dir",
+    "select_latest_per_pid",
+    "select_samples",
 )
 
 DB_FILENAME = "history.sqlite3"
+
+#: Write errors in a row after which the database counts as failing.
+FAILING_AFTER = 3
 
 #: ``history_dir`` values that turn the database off.
 OFF_VALUES = ("none", "off", "false", "0", "no")
@@ -63,8 +84,12 @@ CREATE TABLE IF NOT EXISTS samples (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS samples_server_t ON samples (server, t);
+CREATE INDEX IF NOT EXISTS samples_server_pid_t ON samples (server, pid, t);
 CREATE INDEX IF NOT EXISTS samples_t ON samples (t);
 """
+
+#: Suffixes of the files SQLite keeps next to a WAL database.
+_SIDE_FILES = ("-wal", "-shm")
 
 _STOP = object()
 
@@ -115,6 +140,7 @@ class HistoryDB:
         busy_timeout_ms: how long the writer waits for another process's lock.
         clock: unix time in seconds (injectable).
         prune_every_s: least time between two retention passes.
+        retry_s: least time between two reopen attempts of an unusable file.
     """
 
     def __init__(
@@ -128,6 +154,7 @@ class HistoryDB:
         busy_timeout_ms: int = 5000,
         clock: Callable[[], float] = time.time,
         prune_every_s: float = 30.0,
+        retry_s: float = 30.0,
     ) -> None:
         if max_age_s <= 0:
             raise ValueError(f"max_age_s must be > 0, got {max_age_s}")
@@ -140,6 +167,7 @@ class HistoryDB:
         self.max_bytes = max_bytes
         self.busy_timeout_ms = busy_timeout_ms
         self.prune_every_s = prune_every_s
+        self.retry_s = retry_s
         self._clock = clock
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._writer: sqlite3.Connection | None = None
@@ -153,6 +181,15 @@ class HistoryDB:
         self.dropped = 0
         self.write_errors = 0
         self.pruned = 0
+        #: Why the database is unusable now (None: it is not).
+        self.error: str | None = None
+        #: Times the file was found deleted, replaced or corrupt and reopened.
+        self.reopened = 0
+        self._identity: tuple[int, int] | None = None
+        self._errors_in_row = 0
+        self._corrupt_read: str | None = None
+        self._last_attempt = float("-inf")
+        self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -164,6 +201,16 @@ class HistoryDB:
         if self._pid == os.getpid() and self._writer is not None:
             return
         self._pid = os.getpid()
+        self._closed = False
+        self._writer, self._reader, self._identity = self._open_connections()
+        self._prune()
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="memwatch-history", daemon=True)
+            self._thread.start()
+
+    def _open_connections(self) -> tuple[sqlite3.Connection, sqlite3.Connection, tuple[int, int] | None]:
+        """ Writer and reader connections to the file at ``path`` (made if
+        missing, with the schema), and the file's identity. """
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         writer = self._connect(self.busy_timeout_ms)
         try:
@@ -177,18 +224,21 @@ class HistoryDB:
             writer.execute("PRAGMA journal_size_limit = 4194304")
             writer.executescript(_SCHEMA)
             writer.commit()
+            reader = self._connect(200)
+            reader.execute("PRAGMA query_only = ON")
         except BaseException:
             writer.close()
             raise
         with contextlib.suppress(OSError):
             os.chmod(self.path, 0o600)
-        self._writer = writer
-        self._reader = self._connect(200)
-        self._reader.execute("PRAGMA query_only = ON")
-        self._prune()
-        if thread:
-            self._thread = threading.Thread(target=self._run, name="memwatch-history", daemon=True)
-            self._thread.start()
+        return writer, reader, self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
 
     def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
         # check_same_thread=False: the reader is used from the IOLoop and from
@@ -202,6 +252,7 @@ class HistoryDB:
         """ Write what is queued, stop the thread, close (idempotent). """
         if self._pid != os.getpid():
             return
+        self._closed = True
         thread, self._thread = self._thread, None
         if thread is not None and thread.is_alive():
             try:
@@ -209,23 +260,103 @@ class HistoryDB:
             except queue.Full:
                 log.warning("memwatch history: writer is stuck; closing without it")
             thread.join(timeout_s)
-        for name in ("_writer", "_reader"):
-            connection = getattr(self, name)
-            setattr(self, name, None)
-            if connection is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    connection.close()
+        self._drop_connections()
 
     @property
     def is_open(self) -> bool:
         return self._writer is not None and self._pid == os.getpid()
+
+    # -- a file that went away or went bad ----------------------------------------
+
+    def _check_file(self) -> None:
+        """ On the writer's thread, before a write: reopen when the path no
+        longer names the file we opened, or a read found it corrupt; retry an
+        unusable one every ``retry_s``. """
+        if self._closed:
+            return
+        if self._writer is None:
+            if self._clock() - self._last_attempt >= self.retry_s:
+                self._reopen(None)
+            return
+        if self._corrupt_read is not None:
+            reason, self._corrupt_read = self._corrupt_read, None
+            self._recover_corrupt(reason)
+            return
+        identity = self._file_identity()
+        if identity != self._identity:
+            what = "deleted" if identity is None else "replaced"
+            log.warning("memwatch history: %s was %s while in use; reopening it", self.path, what)
+            self._reopen(f"{self.path} was {what}")
+
+    def _recover_corrupt(self, reason: str) -> None:
+        """ Move a corrupt file (and its WAL) aside, start a new one. """
+        log.warning("memwatch history: %s is corrupt (%s); moving it to %s.corrupt and starting a new one",
+                    self.path, reason, self.path)
+        ours = self._file_identity() == self._identity
+        self._drop_connections()
+        if ours:  # else another worker moved it already
+            for suffix in ("", *_SIDE_FILES):
+                with contextlib.suppress(OSError):
+                    os.replace(self.path + suffix, f"{self.path}.corrupt{suffix}")
+        self._reopen(f"{self.path} was corrupt: {reason}")
+
+    def _drop_connections(self) -> None:
+        writer, reader = self._writer, self._reader
+        with self._read_lock:
+            self._writer = self._reader = None
+        for connection in (writer, reader):
+            if connection is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.close()
+
+    def _reopen(self, reason: str | None) -> None:
+        self._last_attempt = self._clock()
+        self._drop_connections()
+        try:
+            writer, reader, identity = self._open_connections()
+        except (OSError, sqlite3.Error) as e:
+            if _is_corrupt(e) and os.path.exists(self.path):
+                self._corrupt_file_at_open(str(e))
+                return
+            self._set_error(f"cannot reopen {self.path}: {type(e).__name__}: {e}", warn=True)
+            return
+        with self._read_lock:
+            self._writer, self._reader, self._identity = writer, reader, identity
+        self.reopened += 1
+        self._errors_in_row = 0
+        if self.error is not None or reason is not None:
+            log.info("memwatch history: reopened %s (%s)", self.path, reason or self.error)
+        self.error = None
+
+    def _corrupt_file_at_open(self, reason: str) -> None:
+        log.warning("memwatch history: %s is not a usable database (%s); moving it to %s.corrupt",
+                    self.path, reason, self.path)
+        for suffix in ("", *_SIDE_FILES):
+            with contextlib.suppress(OSError):
+                os.replace(self.path + suffix, f"{self.path}.corrupt{suffix}")
+        try:
+            writer, reader, identity = self._open_connections()
+        except (OSError, sqlite3.Error) as e:
+            self._set_error(f"cannot reopen {self.path}: {type(e).__name__}: {e}", warn=True)
+            return
+        with self._read_lock:
+            self._writer, self._reader, self._identity = writer, reader, identity
+        self.reopened += 1
+        self._errors_in_row = 0
+        self.error = None
+
+    def _set_error(self, error: str, *, warn: bool) -> None:
+        if warn and error != self.error:
+            log.warning("memwatch history: %s; history is kept in memory only until it works again "
+                        "(retried every %g s)", error, self.retry_s)
+        self.error = error
 
     # -- writing --------------------------------------------------------------------
 
     def submit(self, sample: Mapping[str, Any]) -> bool:
         """ Queue one sample (``t``, process fields, ``apps``) for writing;
         never blocks.  False when it was dropped. """
-        if not self.is_open:
+        if self._pid != os.getpid() or self._closed:
             return False
         if self._thread is None:
             self.write(sample)
@@ -238,9 +369,13 @@ class HistoryDB:
         return True
 
     def write(self, sample: Mapping[str, Any]) -> None:
-        """ Write one sample now (on the calling thread). """
+        """ Write one sample now (on the calling thread: the writer's). """
+        if self._pid is None:
+            return
+        self._check_file()
         writer = self._writer
         if writer is None:
+            self.dropped += 1
             return
         started = time.perf_counter()
         try:
@@ -250,14 +385,30 @@ class HistoryDB:
                 (self.server, os.getpid(), float(sample["t"]), data),
             )
             self.written += 1
+            if self.error is not None:
+                log.warning("memwatch history: writing to %s works again", self.path)
+            self._errors_in_row = 0
+            self.error = None
             if self._clock() - self._last_prune >= self.prune_every_s:
                 self._prune()
-        except (sqlite3.Error, ValueError, TypeError, KeyError):
+        except sqlite3.Error as e:
+            self._write_failed(e)
+        except (ValueError, TypeError, KeyError):
             self.write_errors += 1
-            log_fn = log.warning if self.write_errors == 1 else log.debug
-            log_fn("memwatch history: could not write a sample to %s", self.path, exc_info=True)
+            log.debug("memwatch history: a sample could not be encoded", exc_info=True)
         finally:
             self._write_us.append((time.perf_counter() - started) * 1e6)
+
+    def _write_failed(self, e: sqlite3.Error) -> None:
+        self.write_errors += 1
+        self._errors_in_row += 1
+        if _is_corrupt(e):
+            self._recover_corrupt(str(e))
+            return
+        log_fn = log.warning if self._errors_in_row == 1 else log.debug
+        log_fn("memwatch history: could not write a sample to %s: %s", self.path, e)
+        if self._errors_in_row >= FAILING_AFTER:
+            self._set_error(f"{self._errors_in_row} writes in a row failed: {type(e).__name__}: {e}", warn=True)
 
     def _run(self) -> None:
         while True:
@@ -315,10 +466,16 @@ class HistoryDB:
         if reader is None or self._pid != os.getpid():
             return []
         with self._read_lock:
+            reader = self._reader  # the writer's thread may have reopened it
+            if reader is None:
+                return []
             try:
                 return list(reader.execute(sql, tuple(args)).fetchall())
-            except sqlite3.Error:
+            except sqlite3.Error as e:
                 log.debug("memwatch history: read failed", exc_info=True)
+                if _is_corrupt(e):
+                    self._corrupt_read = str(e)  # the writer's thread recovers
+                    self._set_error(f"{self.path} is corrupt: {e}", warn=False)
                 return []
 
     def query(
@@ -329,21 +486,8 @@ class HistoryDB:
         ``limit``, each with its ``pid``.  ``exclude_pid_from=(pid, t0)``
         leaves out that process's samples from ``t0`` on (the caller has
         them in memory). """
-        where = ["server = ?"]
-        args: list[Any] = [self.server]
-        if since is not None:
-            where.append("t > ?")
-            args.append(since)
-        if pid is not None:
-            where.append("pid = ?")
-            args.append(pid)
-        if exclude_pid_from is not None:
-            where.append("NOT (pid = ? AND t >= ?)")
-            args.extend(exclude_pid_from)
-        sql = f"SELECT pid, data FROM samples WHERE {' AND '.join(where)} ORDER BY t DESC, pid"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(max(0, limit))
+        sql, args = select_samples(self.server, since=since, limit=limit, pid=pid,
+                                   exclude_pid_from=exclude_pid_from)
         rows = self._read(sql, args)
         out: list[dict[str, Any]] = []
         for row_pid, data in reversed(rows):
@@ -358,6 +502,9 @@ class HistoryDB:
         if reader is None or self._pid != os.getpid():
             return 0
         with self._read_lock:
+            reader = self._reader
+            if reader is None:
+                return 0
             try:
                 return _used_bytes(reader)
             except sqlite3.Error:
@@ -366,14 +513,9 @@ class HistoryDB:
     def latest_per_pid(self, *, since: float) -> dict[int, dict[str, Any]]:
         """ Per process of this server with a sample after ``since``: its
         newest sample. """
-        rows = self._read(
-            "SELECT s.pid, s.data FROM samples AS s JOIN ("
-            " SELECT pid, max(t) AS t FROM samples WHERE server = ? AND t > ? GROUP BY pid"
-            ") AS m ON s.pid = m.pid AND s.t = m.t WHERE s.server = ?",
-            (self.server, since, self.server),
-        )
+        rows = self._read(*select_latest_per_pid(self.server, since=since))
         out: dict[int, dict[str, Any]] = {}
-        for row_pid, data in rows:
+        for row_pid, data, _t in rows:
             sample = _decode(data)
             if sample is not None:
                 sample["pid"] = int(row_pid)
@@ -392,7 +534,9 @@ class HistoryDB:
     def state(self) -> dict[str, Any]:
         cost = self.write_cost_us()
         return {
-            "enabled": self.is_open,
+            "enabled": self.is_open and self.error is None,
+            "error": self.error,
+            "reopened": self.reopened,
             "path": self.path,
             "server": self.server,
             "max_age_s": self.max_age_s,
@@ -407,6 +551,50 @@ class HistoryDB:
         }
 
 
+def select_samples(
+    server: str, *, since: float | None = None, limit: int | None = None, pid: int | None = None,
+    exclude_pid_from: tuple[int, float] | None = None,
+) -> tuple[str, list[Any]]:
+    """ SQL and arguments of :meth:`HistoryDB.query`: a backward range search
+    of ``(server, t)`` (or ``(server, pid, t)`` for one pid) that stops after
+    ``limit`` rows. """
+    where = ["server = ?"]
+    args: list[Any] = [server]
+    if pid is not None:
+        where.append("pid = ?")
+        args.append(pid)
+    if since is not None:
+        where.append("t > ?")
+        args.append(since)
+    if exclude_pid_from is not None:
+        where.append("NOT (pid = ? AND t >= ?)")
+        args.extend(exclude_pid_from)
+    sql = f"SELECT pid, data FROM samples WHERE {' AND '.join(where)} ORDER BY t DESC, pid"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(max(0, limit))
+    return sql, args
+
+
+def select_latest_per_pid(server: str, *, since: float) -> tuple[str, list[Any]]:
+    """ SQL and arguments of :meth:`HistoryDB.latest_per_pid`: one range
+    search of ``(server, t)`` over the window; SQLite takes ``pid`` and
+    ``data`` from the row holding ``max(t)`` of each group. """
+    # INDEXED BY: else the planner walks (server, pid, t) to skip the GROUP BY
+    # sort, which reads every row of the server.
+    return ("SELECT pid, data, max(t) FROM samples INDEXED BY samples_server_t"
+            " WHERE server = ? AND t > ? GROUP BY pid", [server, since])
+
+
+def _is_corrupt(e: BaseException) -> bool:
+    """ SQLITE_CORRUPT or SQLITE_NOTADB (by code where Python gives it, 3.11+). """
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (11, 26)
+    text = str(e).lower()
+    return "malformed" in text or "not a database" in text
+
+
 def _used_bytes(connection: sqlite3.Connection) -> int:
     pages = connection.execute("PRAGMA page_count").fetchone()[0]
     free = connection.execute("PRAGMA freelist_count").fetchone()[0]
@@ -417,6 +605,6 @@ def _used_bytes(connection: sqlite3.Connection) -> int:
 def _decode(data: str) -> dict[str, Any] | None:
     try:
         value = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

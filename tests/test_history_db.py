@@ -2,16 +2,28 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import logging
 import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bokeh_memwatch.history_db import DB_FILENAME, HistoryDB, default_history_dir, resolve_history_dir
+from bokeh_memwatch import MemWatch
+from bokeh_memwatch.history_db import (
+    DB_FILENAME,
+    HistoryDB,
+    default_history_dir,
+    resolve_history_dir,
+    select_latest_per_pid,
+    select_samples,
+)
 
-from .conftest import ROOT, api, free_port, wait_until
+from .conftest import ROOT, api, free_port, http, script_app, wait_until
 from .test_command import ENV, serve_argv
 
 
@@ -162,3 +174,155 @@ def test_history_survives_a_restart(run_command, tmp_path: Path) -> None:
     since = api(second.url, f"history?since={times[-1] - 0.001}")["samples"]
     assert all(s["t"] > times[-1] - 0.001 for s in since)
     api(second.url, "history?pid=abc", expect=400)
+
+
+# -- issue 17: bounded reads on the loop, a file that goes away or goes bad ---------------
+
+
+def _plan(db: HistoryDB, sql: str, args: list[Any]) -> list[str]:
+    assert db._reader is not None
+    return [row[3] for row in db._reader.execute(f"EXPLAIN QUERY PLAN {sql}", args).fetchall()]
+
+
+def test_every_read_on_the_loop_is_an_index_range_search(tmp_path: Path) -> None:
+    db = make_db(tmp_path, max_bytes=1 << 26)
+    try:
+        for i in range(300):
+            db.write(sample(float(i)))
+        assert db._writer is not None
+        db._writer.execute("ANALYZE")  # the planner's choice must hold with statistics too
+        variants: list[dict[str, Any]] = [
+            {}, {"since": 10.0}, {"limit": 1000}, {"since": 10.0, "limit": 5}, {"pid": 7},
+            {"pid": 7, "since": 1.0, "limit": 10}, {"exclude_pid_from": (1, 2.0), "limit": 1000},
+            {"since": 3.0, "exclude_pid_from": (1, 2.0), "limit": 10, "pid": None},
+        ]
+        for kwargs in variants:
+            sql, args = select_samples("srv", **kwargs)
+            plan = _plan(db, sql, args)
+            assert not any(step.startswith("SCAN") for step in plan), (kwargs, plan)
+            index = "samples_server_pid_t" if kwargs.get("pid") is not None else "samples_server_t"
+            assert any(step.startswith("SEARCH") and index in step for step in plan), (kwargs, plan)
+            assert "USE TEMP B-TREE FOR ORDER BY" not in plan, (kwargs, plan)  # no sort of every row
+        sql, args = select_latest_per_pid("srv", since=100.0)
+        plan = _plan(db, sql, args)
+        # One range search over the window (t > ?), not a pass over every row of the server.
+        assert [step for step in plan if "samples" in step] == [
+            "SEARCH samples USING INDEX samples_server_t (server=? AND t>?)"], plan
+        assert db.latest_per_pid(since=250.5)[os.getpid()]["t"] == 299.0
+    finally:
+        db.close()
+
+
+def _history_memwatch(tmp_path: Path, **options: Any) -> MemWatch:
+    return MemWatch(interval_ms=100, orphan_grace_ms=0, history_dir=str(tmp_path),
+                    history_max_bytes=1 << 30, **options)
+
+
+def _db(mw: MemWatch) -> HistoryDB:
+    wait_until(lambda: mw.cluster is not None and mw.cluster.db is not None and mw.cluster.db.written >= 2,
+               what="history written")
+    assert mw.cluster is not None and mw.cluster.db is not None
+    return mw.cluster.db
+
+
+def _read_steps(server: Any, db: HistoryDB, url: str) -> int:
+    """ SQLite virtual-machine steps (in tens) the reader spends on one request. """
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    def install(handler: Any) -> None:
+        with db._read_lock:
+            assert db._reader is not None
+            db._reader.set_progress_handler(handler, 10)
+
+    server.call(lambda: install(count))
+    try:
+        status, _, _ = http("GET", url)
+        assert status == 200
+    finally:
+        server.call(lambda: install(None))
+    return steps[0]
+
+
+def test_summary_and_scrape_do_not_grow_with_the_history(serve, tmp_path: Path) -> None:
+    from bench.history_read import fill
+
+    mw = _history_memwatch(tmp_path)
+    server = serve({"/clean": script_app("clean")}, memwatch=mw)
+    db = _db(mw)
+    assert mw.cluster is not None
+    urls = [f"{server.url}/memwatch/api/summary", f"{server.url}/memwatch/metrics"]
+    before = [_read_steps(server, db, url) for url in urls]
+    # 30k rows of earlier processes of this server, the newest a minute old.
+    fill(db.path, mw.cluster.key, rows=30_000, pids=6, apps=2, span_s=20 * 3600)
+    after = [_read_steps(server, db, url) for url in urls]
+    for url, b, a in zip(urls, before, after, strict=True):
+        assert a <= 3 * b + 200, f"{url}: {a * 10} SQLite steps with 30k rows, {b * 10} without"
+    assert [w["pid"] for w in api(server.url, "summary")["workers"]] == [os.getpid()]
+
+
+def test_a_deleted_history_file_is_noticed_and_reopened(serve, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="bokeh_memwatch")
+    mw = _history_memwatch(tmp_path)
+    server = serve({"/clean": script_app("clean")}, memwatch=mw)
+    db = _db(mw)
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(db.path + suffix)
+    wait_until(lambda: api(server.url, "summary")["history"]["reopened"] >= 1, timeout_s=20, what="reopen")
+    assert any("was deleted while in use" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+    def rows_in_new_file() -> int:
+        with contextlib.closing(sqlite3.connect(db.path, timeout=5)) as connection:
+            return int(connection.execute("SELECT count(*) FROM samples").fetchone()[0])
+
+    wait_until(lambda: rows_in_new_file() >= 3, what="samples in the new file")
+    history = api(server.url, "summary")["history"]
+    assert history["enabled"] and history["error"] is None, history
+
+
+def test_a_corrupt_history_file_is_noticed_moved_aside_and_replaced(serve, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="bokeh_memwatch")
+    mw = _history_memwatch(tmp_path)
+    server = serve({"/clean": script_app("clean")}, memwatch=mw)
+    db = _db(mw)
+    # Partial corruption: the table's root page points nowhere (SQLITE_CORRUPT on every use).
+    with contextlib.closing(sqlite3.connect(db.path, timeout=10, isolation_level=None)) as connection:
+        version = connection.execute("PRAGMA schema_version").fetchone()[0]
+        connection.execute("PRAGMA writable_schema = ON")
+        connection.execute("UPDATE sqlite_master SET rootpage = 1000000 WHERE name = 'samples'")
+        connection.execute(f"PRAGMA schema_version = {version + 1}")
+    wait_until(lambda: api(server.url, "summary")["history"]["reopened"] >= 1, timeout_s=20, what="recovery")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("is corrupt" in w for w in warnings), warnings
+    assert os.path.exists(db.path + ".corrupt")
+    wait_until(lambda: api(server.url, "summary")["history"]["written"] >= db.written > 0, what="writes")
+    wait_until(lambda: len(api(server.url, "history?limit=1000")["samples"]) > 0, what="history readable")
+    # A file replaced by garbage: noticed as replaced, found not a database, moved aside.
+    reopened = db.reopened
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"this is not a database" * 1000)
+    os.replace(garbage, db.path)
+    wait_until(lambda: api(server.url, "summary")["history"]["reopened"] > reopened, timeout_s=20, what="reopen")
+    history = api(server.url, "summary")["history"]
+    assert history["enabled"] and history["error"] is None, history
+
+
+def test_an_unusable_history_says_so_in_the_summary(serve, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="bokeh_memwatch")
+    mw = _history_memwatch(tmp_path / "state")
+    server = serve({"/clean": script_app("clean")}, memwatch=mw)
+    db = _db(mw)
+    # The directory goes away and a file takes its place: nothing can be made there.
+    shutil.rmtree(tmp_path / "state")
+    (tmp_path / "state").write_text("a file, not a directory")
+    wait_until(lambda: not api(server.url, "summary")["history"]["enabled"], timeout_s=20, what="enabled: false")
+    history = api(server.url, "summary")["history"]
+    assert "cannot reopen" in history["error"], history
+    assert any("cannot reopen" in r.getMessage() for r in caplog.records)
+    written = db.written
+    wait_until(lambda: api(server.url, "summary")["sampler"]["ticks"] >= 5, what="ticks")
+    assert api(server.url, "summary")["history"]["written"] == written  # sampling goes on, in memory

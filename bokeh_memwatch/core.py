@@ -68,6 +68,9 @@ Applications: TypeAlias = (
 #: Time an API request may spend refreshing per-Model figures of destroyed sessions.
 ON_DEMAND_BUDGET_S = 0.05
 
+#: Chain answers kept at most (each under ``chain_max_depth`` hops); older ones go first.
+CHAIN_CACHE_ENTRIES = 64
+
 
 class UnknownSession(LookupError):
     """ No session with that id was ever seen (or it was forgotten). """
@@ -196,7 +199,10 @@ class MemWatch:
         self._tornado: weakref.ReferenceType[BokehTornado] | None = None
         self._pid: int | None = None
         self._started_at: float | None = None
+        #: session id -> (monotonic time, answer), oldest first; bounded by
+        #: ``chain_cache_entries`` and by age (``chain_cache_s``).
         self._chain_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.chain_cache_entries = CHAIN_CACHE_ENTRIES
         self._last_gc: float = float("-inf")
         self._process: ProcessCollector | None = None
         self.snapshots: SnapshotManager | None = None
@@ -260,6 +266,7 @@ class MemWatch:
     def session_destroyed(self, app_path: str, session_id: str) -> None:
         self.tracker.session_destroyed(session_id)
         self._chain_cache.pop(session_id, None)
+        self._prune_chain_cache()
 
     def server_loaded(self, app_path: str, server_context: ServerContext) -> None:
         context = getattr(server_context, "application_context", None)
@@ -488,10 +495,18 @@ class MemWatch:
         """ The last chain searched for this session, if still fresh. """
         if self.tracker.find(session_id) is None:
             raise UnknownSession(session_id)
+        self._prune_chain_cache()
         cached = self._chain_cache.get(session_id)
-        if cached is None or time.monotonic() - cached[0] >= self.options.chain_cache_s:
-            return None
-        return {**cached[1], "cached": True}
+        return None if cached is None else {**cached[1], "cached": True}
+
+    def _prune_chain_cache(self) -> None:
+        """ Drop chain answers older than ``chain_cache_s``, then the oldest
+        beyond ``chain_cache_entries``. """
+        cache, now = self._chain_cache, time.monotonic()
+        for key in [k for k, (t, _) in cache.items() if now - t >= self.options.chain_cache_s]:
+            del cache[key]
+        while len(cache) > max(0, self.chain_cache_entries):
+            del cache[next(iter(cache))]
 
     async def chain(self, session_id: str) -> dict[str, Any]:
         """ Why is this destroyed session's Document (or Model) still alive?
@@ -504,8 +519,9 @@ class MemWatch:
             raise UnknownSession(session_id)
         if not record.destroyed:
             raise SessionAlive(session_id)
+        self._prune_chain_cache()
         cached = self._chain_cache.get(session_id)
-        if cached is not None and time.monotonic() - cached[0] < self.options.chain_cache_s:
+        if cached is not None:
             return {**cached[1], "cached": True}
         job, fields = self.prepare_chain(session_id, chains.capture_roots())
         try:
@@ -519,7 +535,9 @@ class MemWatch:
             **outcome.costs(),
             "cached": False,
         }
+        self._chain_cache.pop(session_id, None)
         self._chain_cache[session_id] = (time.monotonic(), result)
+        self._prune_chain_cache()
         return result
 
     def prepare_chain(

@@ -202,7 +202,15 @@ class HistoryDB:
             return
         self._pid = os.getpid()
         self._closed = False
-        self._writer, self._reader, self._identity = self._open_connections()
+        try:
+            self._writer, self._reader, self._identity = self._open_connections()
+        except sqlite3.DatabaseError as e:
+            if not (_is_corrupt(e) and os.path.exists(self.path)):
+                raise
+            log.warning("memwatch history: %s is not a usable database (%s); moving it to %s.corrupt",
+                        self.path, e, self.path)
+            self._move_aside()
+            self._writer, self._reader, self._identity = self._open_connections()
         self._prune()
         if thread:
             self._thread = threading.Thread(target=self._run, name="memwatch-history", daemon=True)
@@ -295,10 +303,15 @@ class HistoryDB:
         ours = self._file_identity() == self._identity
         self._drop_connections()
         if ours:  # else another worker moved it already
-            for suffix in ("", *_SIDE_FILES):
-                with contextlib.suppress(OSError):
-                    os.replace(self.path + suffix, f"{self.path}.corrupt{suffix}")
+            self._move_aside()
         self._reopen(f"{self.path} was corrupt: {reason}")
+
+    def _move_aside(self) -> None:
+        """ Keep a corrupt file (and its WAL) as ``history.sqlite3.corrupt``,
+        replacing an earlier one. """
+        for suffix in ("", *_SIDE_FILES):
+            with contextlib.suppress(OSError):
+                os.replace(self.path + suffix, f"{self.path}.corrupt{suffix}")
 
     def _drop_connections(self) -> None:
         writer, reader = self._writer, self._reader
@@ -311,6 +324,8 @@ class HistoryDB:
 
     def _reopen(self, reason: str | None) -> None:
         self._last_attempt = self._clock()
+        if reason is not None:  # what state() says meanwhile: no connection, but why
+            self.error = f"reopening: {reason}"
         self._drop_connections()
         try:
             writer, reader, identity = self._open_connections()
@@ -324,16 +339,14 @@ class HistoryDB:
             self._writer, self._reader, self._identity = writer, reader, identity
         self.reopened += 1
         self._errors_in_row = 0
-        if self.error is not None or reason is not None:
-            log.info("memwatch history: reopened %s (%s)", self.path, reason or self.error)
+        if reason is not None:
+            log.info("memwatch history: reopened %s (%s)", self.path, reason)
         self.error = None
 
     def _corrupt_file_at_open(self, reason: str) -> None:
         log.warning("memwatch history: %s is not a usable database (%s); moving it to %s.corrupt",
                     self.path, reason, self.path)
-        for suffix in ("", *_SIDE_FILES):
-            with contextlib.suppress(OSError):
-                os.replace(self.path + suffix, f"{self.path}.corrupt{suffix}")
+        self._move_aside()
         try:
             writer, reader, identity = self._open_connections()
         except (OSError, sqlite3.Error) as e:
@@ -374,8 +387,7 @@ class HistoryDB:
             return
         self._check_file()
         writer = self._writer
-        if writer is None:
-            self.dropped += 1
+        if writer is None:  # unusable (state() says why); retried in _check_file
             return
         started = time.perf_counter()
         try:

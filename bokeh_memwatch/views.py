@@ -124,7 +124,9 @@ class JSONHandler(AuthRequestHandler):
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, HTTPError):
-            log.debug("memwatch %s %s: %s", self.request.method, self.request.path, value)
+            secret = self.memwatch.options.token
+            log.debug("memwatch %s %s: %s", self.request.method, redact_uri(self.request.path, secret),
+                      redact_uri(str(value), secret))
         else:
             super().log_exception(typ, value, tb)
 

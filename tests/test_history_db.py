@@ -5,7 +5,6 @@ import ast
 import contextlib
 import logging
 import os
-import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -264,6 +263,11 @@ def test_summary_and_scrape_do_not_grow_with_the_history(serve, tmp_path: Path) 
     assert [w["pid"] for w in api(server.url, "summary")["workers"]] == [os.getpid()]
 
 
+def _rows(path: str) -> int:
+    with contextlib.closing(sqlite3.connect(path, timeout=5)) as connection:
+        return int(connection.execute("SELECT count(*) FROM samples").fetchone()[0])
+
+
 def test_a_deleted_history_file_is_noticed_and_reopened(serve, tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="bokeh_memwatch")
     mw = _history_memwatch(tmp_path)
@@ -275,11 +279,7 @@ def test_a_deleted_history_file_is_noticed_and_reopened(serve, tmp_path: Path, c
     wait_until(lambda: api(server.url, "summary")["history"]["reopened"] >= 1, timeout_s=20, what="reopen")
     assert any("was deleted while in use" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
-    def rows_in_new_file() -> int:
-        with contextlib.closing(sqlite3.connect(db.path, timeout=5)) as connection:
-            return int(connection.execute("SELECT count(*) FROM samples").fetchone()[0])
-
-    wait_until(lambda: rows_in_new_file() >= 3, what="samples in the new file")
+    wait_until(lambda: _rows(db.path) >= 3, what="samples in the new file")
     history = api(server.url, "summary")["history"]
     assert history["enabled"] and history["error"] is None, history
 
@@ -299,8 +299,7 @@ def test_a_corrupt_history_file_is_noticed_moved_aside_and_replaced(serve, tmp_p
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("is corrupt" in w for w in warnings), warnings
     assert os.path.exists(db.path + ".corrupt")
-    wait_until(lambda: api(server.url, "summary")["history"]["written"] >= db.written > 0, what="writes")
-    wait_until(lambda: len(api(server.url, "history?limit=1000")["samples"]) > 0, what="history readable")
+    wait_until(lambda: _rows(db.path) >= 3, what="samples in the new file")
     # A file replaced by garbage: noticed as replaced, found not a database, moved aside.
     reopened = db.reopened
     garbage = tmp_path / "garbage"
@@ -313,16 +312,32 @@ def test_a_corrupt_history_file_is_noticed_moved_aside_and_replaced(serve, tmp_p
 
 def test_an_unusable_history_says_so_in_the_summary(serve, tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="bokeh_memwatch")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "state").symlink_to(tmp_path / "real")
     mw = _history_memwatch(tmp_path / "state")
     server = serve({"/clean": script_app("clean")}, memwatch=mw)
     db = _db(mw)
-    # The directory goes away and a file takes its place: nothing can be made there.
-    shutil.rmtree(tmp_path / "state")
-    (tmp_path / "state").write_text("a file, not a directory")
-    wait_until(lambda: not api(server.url, "summary")["history"]["enabled"], timeout_s=20, what="enabled: false")
+    # The directory turns into a file, at once (a symlink swapped by rename): nothing can be made there.
+    (tmp_path / "a file").write_text("a file, not a directory")
+    (tmp_path / "new link").symlink_to(tmp_path / "a file")
+    os.replace(tmp_path / "new link", tmp_path / "state")
+    wait_until(lambda: "cannot reopen" in (api(server.url, "summary")["history"]["error"] or ""), timeout_s=20,
+               what="the error")
     history = api(server.url, "summary")["history"]
-    assert "cannot reopen" in history["error"], history
+    assert not history["enabled"] and "cannot reopen" in history["error"], history
     assert any("cannot reopen" in r.getMessage() for r in caplog.records)
     written = db.written
     wait_until(lambda: api(server.url, "summary")["sampler"]["ticks"] >= 5, what="ticks")
     assert api(server.url, "summary")["history"]["written"] == written  # sampling goes on, in memory
+
+
+def test_a_corrupt_file_at_open_is_moved_aside(tmp_path: Path, caplog) -> None:
+    (tmp_path / DB_FILENAME).write_bytes(b"not a database at all" * 500)
+    db = make_db(tmp_path)
+    try:
+        db.write(sample(1.0))
+        assert [r["t"] for r in db.query()] == [1.0]
+        assert (tmp_path / f"{DB_FILENAME}.corrupt").read_bytes().startswith(b"not a database")
+        assert any("not a usable database" in r.getMessage() for r in caplog.records)
+    finally:
+        db.close()

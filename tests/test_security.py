@@ -306,6 +306,7 @@ def test_the_token_never_reaches_a_log_line(serve, caplog) -> None:
         ("GET", f"{base}/api/summary?token=wrong-but-still-secret-1", 401),
         ("GET", f"{base}/api/history?token={quoted}&limit=abc", 400),
         ("GET", f"{base}/api/nothing-here?token={quoted}", 404),
+        ("GET", f"{base}/api/{quoted}?token={quoted}", 404),                # the token pasted into the path
         ("GET", f"{base}/metrics?token={quoted}", 200),
         ("GET", f"{base}?token={quoted}", 200),                          # the dashboard page
         ("PATCH", f"{base}/api/summary?token={quoted}", 405),            # refused before prepare()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import inspect
 import logging
 import sys
 import threading
@@ -35,6 +34,7 @@ from typing import Any
 
 import objgraph
 
+from . import _frames
 from .saferepr import safe_repr
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,10 @@ def capture_roots(*, include_current_thread: bool = False) -> Roots:
             thread.  Off by default: the caller's own stack (the request
             handler, the event loop) holds the target it is asking about.
 
-    The locals of a function frame are read through ``frame.f_locals``, which
-    in CPython 3.11 stores a snapshot dict on the frame; that snapshot is
-    cleared again straight away so that this function does not itself keep
-    stale values alive (the price: a ``locals()`` dict that code in another
-    thread holds onto across this call is emptied).
+    The locals are read in place by :func:`bokeh_memwatch._frames.local_ids`
+    (never through ``frame.f_locals`` of a function frame before 3.13, which
+    would rewrite the dict a function got from ``locals()``): nothing in the
+    inspected threads changes, and no snapshot of their locals is kept.
     """
     current_ident = threading.get_ident()
     threads = tuple(threading.enumerate())
@@ -401,21 +400,20 @@ def _frame_local_ids(frame: types.FrameType) -> list[tuple[str, int]]:
 
     A free variable lives in a cell that the closure's function holds, which
     the garbage collector does see; recording it here would hide that path.
+    Read in place, without changing the frame or a ``locals()`` dict.
     """
-    code = frame.f_code
-    freevars = set(code.co_freevars)
-    local_ids: list[tuple[str, int]] = []
-    namespace = frame.f_locals
-    try:
-        for name, value in list(namespace.items()):
-            if name not in freevars:
-                local_ids.append((str(name), id(value)))
-    finally:
-        if code.co_flags & inspect.CO_OPTIMIZED:
-            # A snapshot owned by the frame, not the real namespace.
-            namespace.clear()
-        del namespace
-    return local_ids
+    return _frames.local_ids(frame) or []
+
+
+def _local_name_of(frame: object, dst: object) -> str | None:
+    """ The name of the local of ``frame`` that refers to ``dst``, read in place. """
+    if type(frame) is not types.FrameType:
+        return None
+    wanted = id(dst)
+    for name, value_id in _frames.local_ids(frame) or ():
+        if value_id == wanted:
+            return name
+    return None
 
 
 # --- the search ------------------------------------------------------------
@@ -510,18 +508,13 @@ def _instance_dict(obj: object) -> dict[str, Any] | None:
 
 def _describe_edge(src: object, dst: object) -> str:
     if isinstance(src, types.FrameType):
-        for name, value in list(src.f_locals.items()):
-            if value is dst:
-                return f"local '{name}'"
-        return "referent"
+        name = _local_name_of(src, dst)
+        return f"local '{name}'" if name is not None else "referent"
     if isinstance(src, (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)):
         frame = getattr(src, "gi_frame", None) or getattr(src, "cr_frame", None) \
             or getattr(src, "ag_frame", None)
-        if isinstance(frame, types.FrameType):
-            for name, value in list(frame.f_locals.items()):
-                if value is dst:
-                    return f"local '{name}'"
-        return "referent"
+        name = _local_name_of(frame, dst)
+        return f"local '{name}'" if name is not None else "referent"
     if isinstance(src, types.CellType):
         return "cell_contents"
     if isinstance(src, types.FunctionType):

@@ -1,14 +1,15 @@
-""" Heap snapshots: tracemalloc and pympler on demand, growth since a
+""" Heap snapshots: tracemalloc and type summaries on demand, growth since a
 baseline, snapshot files to download, and the JSON bug report.
 
 Everything heavy (``tracemalloc.take_snapshot``, ``Snapshot.dump``,
-``Snapshot.statistics``, ``Snapshot.compare_to``, pympler's ``summarize``)
-runs in the heap worker: a forked child working on a copy-on-write image of
+``Snapshot.statistics``, ``Snapshot.compare_to``, the type summary) runs in
+the heap worker: a forked child working on a copy-on-write image of
 the heap (see :mod:`bokeh_memwatch.heapwork`).  The child writes the snapshot
 file itself and sends back only small plain data; the server process does
 constant-time work (a fork, a ``stat``, a rename, reading a small JSON
-answer), so its IOLoop keeps serving.  Where ``fork`` is missing the work
-runs in a thread (``"technique": "thread"``), which holds the GIL for the
+answer), so its IOLoop keeps serving.  Where ``fork`` is missing, or the
+fork policy will not fork (a busy native thread pool could hang it; see
+:func:`bokeh_memwatch.heapwork.fork_policy`), the work runs in a thread (``"technique": "thread"``), which holds the GIL for the
 C parts of tracemalloc and stalls the loop for that long.
 
 Snapshot files live in a private temporary directory (mode 0700), bounded in
@@ -420,7 +421,7 @@ def _split_types(meta: Mapping[str, Any], body: bytes) -> dict[str, Any]:
 
 
 def _types_job(baseline_types_path: str | None, parent_pid: int) -> Rendered:
-    """ Heap worker: pympler's summary, and its growth since the baseline. """
+    """ Heap worker: the type summary, and its growth since the baseline. """
     _stop_tracing_in_child(parent_pid)
     meta, body = _types_rendered(_type_summary(), baseline_types_path)
     return Rendered(meta, body)

@@ -9,8 +9,9 @@ file itself and sends back only small plain data; the server process does
 constant-time work (a fork, a ``stat``, a rename, reading a small JSON
 answer), so its IOLoop keeps serving.  Where ``fork`` is missing, or the
 fork policy will not fork (a busy native thread pool could hang it; see
-:func:`bokeh_memwatch.heapwork.fork_policy`), the work runs in a thread (``"technique": "thread"``), which holds the GIL for the
-C parts of tracemalloc and stalls the loop for that long.
+:func:`bokeh_memwatch.heapwork.fork_policy`), the work runs in a thread
+(``"technique": "thread"``), which holds the GIL for the C parts of
+tracemalloc and stalls the loop for that long.
 
 Snapshot files live in a private temporary directory (mode 0700), bounded in
 number and bytes, and are removed when the :class:`SnapshotManager` stops or

@@ -372,13 +372,9 @@ class _RootClassifier:
         if id(obj) in self._threads:
             return ("thread", _thread_name(obj))
         if is_a(obj, threading.Thread):
-            state = _instance_dict(obj) or {}
-            started = state.get("_started")
-            if (
-                type(started) is threading.Event
-                and started.is_set()
-                and state.get("_is_stopped") is False
-            ):
+            # Thread's own is_alive (not a subclass's), and only when the
+            # class leaves attribute access alone.
+            if _plain_attributes(type(obj)) and threading.Thread.is_alive(obj):  # type: ignore[arg-type]
                 return ("thread", _thread_name(obj))
             return None
         if self._periodic_type is not None and is_a(obj, self._periodic_type):
@@ -404,6 +400,16 @@ class _RootClassifier:
 def _thread_name(thread: object) -> str:
     name = (_instance_dict(thread) or {}).get("_name")
     return name if type(name) is str else "?"
+
+
+def _plain_attributes(kind: type) -> bool:
+    """ True when ``kind`` reads attributes the way ``object`` does (no
+    ``__getattribute__`` or ``__getattr__`` of its own in its MRO). """
+    for klass in type_mro(kind):
+        namespace = class_dict(klass)
+        if klass is not object and ("__getattribute__" in namespace or "__getattr__" in namespace):
+            return False
+    return True
 
 
 def _module_name(module: object) -> str | None:

@@ -132,3 +132,44 @@ def test_free_variables_are_left_out() -> None:
 
 def test_an_odd_argument_costs_none_not_an_exception() -> None:
     assert _frames.local_ids(object()) is None  # type: ignore[arg-type]
+
+
+def _recurse(depth: int, payload: object) -> int:
+    held = [payload] * 3
+    if depth:
+        return _recurse(depth - 1, held)
+    return len(held)
+
+
+def test_frames_that_come_and_go_while_being_read() -> None:
+    # Threads call and return (200 deep: frames spill over data-stack chunks
+    # on 3.11, which are freed on return) while this thread reads every
+    # frame they have; a read either matches the frame or is refused.
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            for depth in (1, 5, 50, 200):
+                _recurse(depth, _Value())
+
+    threads = [threading.Thread(target=churn, name=f"churn-{n}", daemon=True) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    reads = 0
+    try:
+        me = threading.get_ident()
+        while reads < 20_000:
+            frames = sys._current_frames()
+            for ident, top in frames.items():
+                frame: types.FrameType | None = top
+                while ident != me and frame is not None:
+                    ids = _frames.local_ids(frame)
+                    if ids is not None and frame.f_code is _recurse.__code__:
+                        assert {name for name, _ in ids} <= {"depth", "payload", "held"}
+                    reads += 1
+                    frame = frame.f_back
+            del frames, top
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(WAIT_S)

@@ -272,6 +272,9 @@ class MemWatch:
     def session_destroyed(self, app_path: str, session_id: str) -> None:
         self.tracker.session_destroyed(session_id)
         self._chain_cache.pop(session_id, None)
+        # Verify when its grace period ends, whatever the sampling interval.
+        if self.sampler is not None and self.sampler.running:
+            self.sampler.schedule_verification()
 
     def server_loaded(self, app_path: str, server_context: ServerContext) -> None:
         context = getattr(server_context, "application_context", None)

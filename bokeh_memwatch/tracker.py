@@ -139,6 +139,8 @@ class TrackedSession:
     # Models reachable from a root at the last verification (of a
     # "models_retained" record; an orphan's Models count with the orphan).
     proven_models: int = 0
+    # ids of those Models (figures of a "models_retained" record are theirs).
+    proven_ids: frozenset[int] | None = None
 
     @property
     def destroyed(self) -> bool:
@@ -421,10 +423,13 @@ class SessionTracker:
         # A fresh dict: a dict never shrinks as entries are deleted.
         record.model_refs = {id(m): weakref.ref(m) for m in models}
         record.retained_models = len(models)
-        record.retained_bytes = sum(source_bytes(m) for m in models)
-        record.retained_types = dict(Counter(_type_name(m) for m in models).most_common(10))
+        # Of Models proven retained without their Document, only those count.
+        proven = record.proven_ids
+        kept = models if proven is None or record.fate != "models_retained" else [m for m in models if id(m) in proven]
+        record.retained_bytes = sum(source_bytes(m) for m in kept)
+        record.retained_types = dict(Counter(_type_name(m) for m in kept).most_common(10))
         record.refreshed_at = time.monotonic()
-        del models
+        del models, kept
 
     def state(self, record: TrackedSession, *, alive: bool, now: float, collections: int) -> str:
         """ One of :data:`STATES` for a destroyed record (``alive``: its
@@ -509,6 +514,7 @@ class SessionTracker:
             before = (record.fate, record.held_until)
             self._apply_one(record, fates, verified_at)
             changed += before != (record.fate, record.held_until)
+            self._refresh_destroyed(record)
         return changed
 
     def _apply_one(self, record: TrackedSession, fates: Mapping[str, Any], verified_at: float) -> None:
@@ -540,6 +546,8 @@ class SessionTracker:
         else:
             record.fate, record.held_until = "garbage", None
         record.proven_models = reachable_models + (held_models if record.fate == "models_retained" else 0)
+        kept = fates.get("models_kept")
+        record.proven_ids = frozenset(int(i) for i in kept) if isinstance(kept, list) else None
 
     def _refresh_models(self, record: TrackedSession, document: Document) -> None:
         refs = record.model_refs
@@ -669,17 +677,27 @@ def verification_job(groups: Mapping[str, list[weakref.ReferenceType[Any]]], par
     :meth:`SessionTracker.apply_verification`: a reachability scan of the
     records' Documents and Models, summed up per record as
     ``{"document": [state, held_until], "models": {state: n},
-    "models_held_until": t}`` under ``records``, with the scan's figures. """
+    "models_held_until": t, "models_kept": [id, ...]}`` under ``records``
+    (``models_kept``: ids of the Models a collection keeps), with the scan's
+    figures. """
     answer = verify_groups(groups, parent_pid=parent_pid)
     records: dict[str, Any] = {}
     for key, fates in answer.pop("fates").items():
         document, *models = fates
         counts = Counter(state for state, _ in models)
         untils = [until for state, until in models if state == "held_by_timer" and until is not None]
+        kept: list[int] = []
+        for ref, (state, _) in zip(groups[key][1:], models, strict=True):
+            if state in ("reachable", "held_by_timer"):
+                obj = ref()
+                if obj is not None:
+                    kept.append(id(obj))
+                del obj
         records[key] = {
             "document": document,
             "models": dict(counts),
             "models_held_until": max(untils) if untils else None,
+            "models_kept": kept,
         }
     answer["records"] = records
     return answer

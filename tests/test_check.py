@@ -33,6 +33,10 @@ CASES: dict[str, tuple[list[str], int]] = {
     "panel_leak_models": (["tests/apps/panel_leak_models.py", *COMMON, "--json"], 1),
     "clean": (["tests/apps/clean.py", *COMMON, "--check-unused-sessions", "50", "--json"], 0),
     "panel_clean": (["tests/apps/panel_clean.py", "--panel", *COMMON, "--json"], 0),
+    # Issue 12, input 4: held by a stopped periodic callback's sleep for <= 10 s, then freed.
+    "timer_refresh": (["tests/apps/timer_refresh.py", "--sessions", "10", "--json"], 0),
+    # ... while a tornado PeriodicCallback started by hand re-arms itself forever.
+    "leak_callback": (["tests/apps/leak_callback.py", *COMMON, "--json"], 1),
     "missing_app": (["tests/apps/no_such_app.py"], 2),
     "bad_session_args": (["tests/apps/clean.py", "--session-args", "novalue"], 2),
 }
@@ -145,6 +149,22 @@ def test_clean_apps_pass(cli, name) -> None:
     assert report["documents_retained"] == report["models_retained"] == report["data_bytes_retained"] == 0
     assert report["chains"] == []
     assert not [a for a in report["advice"] if a["severity"] == "error"]
+
+
+def test_timer_held_documents_are_clean_once_the_timer_is_due(cli) -> None:
+    """ Issue 12, input 4: ``check`` waits until the holding timers are due
+    and verifies again; a self-rearming tornado PeriodicCallback stays a leak. """
+    result = cli["timer_refresh"]
+    assert result["rc"] == 0, f"exit {result['rc']}\n{result['stdout']}\n{result['stderr']}"
+    report = result["report"]
+    assert report["verdict"] == "clean" and report["sessions"] == 20
+    assert report["documents_retained"] == report["models_retained"] == 0
+    for r in report["apps"]["/timer_refresh"]["rounds"]:
+        assert r["unjudged"] == 0 and r["verified_by"] == "reachability_scan"
+    assert not [a for a in report["advice"] if a["severity"] == "error"]
+    leak = report_of(cli, "leak_callback")
+    assert leak["verdict"] == "leak" and leak["documents_retained"] == 2 * N
+    assert "PeriodicCallback" in leak["chains"][0]["text"]
 
 
 def test_text_report_usage_errors_and_speed(cli) -> None:

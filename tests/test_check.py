@@ -320,6 +320,17 @@ def test_advice_rules_on_fixed_data() -> None:
     assert [a["id"] for a in panel] == ["models-outlive-documents", "no-cleanup-hooks"]
     assert panel[0]["article_section"] == SECTIONS["panel"]
 
+    # Held by a timer, garbage awaiting collection, pending: not leaks, no advice about them.
+    unproven = advise(_summary(**{"/t": {"sessions": 0, "orphans": 0}}), retained=[
+        {"app": "/t", "status": status, "document_alive": True, "models": 5, "model_types": {"Div": 1}}
+        for status in ("held_until", "awaiting_collection", "pending")
+    ], cleanup_hooks={"/t": {"sessions": 3, "with_hooks": 3}})
+    assert unproven == []
+    proven = advise(_summary(**{"/t": {"sessions": 0, "orphans": 1}}), retained=[
+        {"app": "/t", "status": "orphan", "document_alive": True, "models": 0, "verified_by": "reachability_scan"},
+    ])
+    assert "proven reachable from a root" in proven[0]["evidence"]
+
     rss = advise(_summary(), rounds={"/a": [
         {"sessions_closed_total": 5, "holding_sessions": 0, "documents": 0, "models": 0, "rss_bytes": 100 * 2**20},
         {"sessions_closed_total": 10, "holding_sessions": 0, "documents": 0, "models": 0, "rss_bytes": 150 * 2**20},

@@ -186,7 +186,7 @@ def test_plugin_in_a_users_test_file(cli) -> None:
     result = cli["user_pytest"]
     assert result["rc"] == 1, result
     assert "1 failed" in result["stdout"]
-    assert "4 Document(s) outlived their sessions" in result["stdout"], result["stdout"]
+    assert "4 Document(s) outlived their sessions (orphans)" in result["stdout"], result["stdout"]
     assert "MemoryHandler" in result["stdout"] and "LogRecord" in result["stdout"]
 
 
@@ -205,7 +205,7 @@ def test_fixture_fails_a_leaking_app_with_the_chain(memwatch_leak_check) -> None
     with pytest.raises(AssertionError) as info:
         report.assert_no_orphans()
     message = str(info.value)
-    assert f"{2 * N} Document(s) outlived their sessions" in message
+    assert f"{2 * N} Document(s) outlived their sessions (orphans)" in message
     assert "module tests.apps.holders -> .DOCS (list) -> [" in message
     with pytest.raises(AssertionError, match="leak"):
         report.assert_clean()

@@ -518,7 +518,8 @@ class SessionTracker:
             before = (record.fate, record.held_until)
             self._apply_one(record, fates, verified_at)
             changed += before != (record.fate, record.held_until)
-            self._refresh_destroyed(record)
+            if record.fate == "models_retained":
+                self._refresh_destroyed(record)  # its figures are those of the proven Models
         return changed
 
     def _apply_one(self, record: TrackedSession, fates: Mapping[str, Any], verified_at: float) -> None:

@@ -153,6 +153,20 @@ def open_and_close_sessions(url: str, n: int, arguments: Mapping[str, str] | Non
     return ids
 
 
+def settle_orphans(url: str, destroyed: int) -> dict[str, Any]:
+    """ Wait until Bokeh destroyed ``destroyed`` sessions, collect, wait
+    until every destroyed session is judged (none ``pending`` or held by a
+    timer), and return ``api/orphans``. """
+    wait_until(lambda: api(url, "summary")["sessions_destroyed_total"] >= destroyed, what="sessions destroyed")
+    api(url, "gc", "POST")
+
+    def judged() -> dict[str, Any]:
+        orphans: dict[str, Any] = api(url, "orphans")
+        return {} if orphans["pending"] or orphans["held_by_timers"] else orphans
+
+    return wait_until(judged, 60, 0.1, "every destroyed session judged")
+
+
 class ProcessServer:
     """ A server started as a command (``bokeh-memwatch serve``, ``panel serve``). """
 

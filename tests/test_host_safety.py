@@ -19,7 +19,7 @@ from bokeh_memwatch import MemWatch, snapshots
 from bokeh_memwatch.saferepr import class_name
 from tests.apps import host_probe
 
-from .conftest import PYTHON, api, free_port, http, open_and_close_sessions, script_app, wait_until
+from .conftest import PYTHON, api, free_port, http, open_and_close_sessions, script_app, settle_orphans, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -27,14 +27,6 @@ def _stop_probes() -> Iterator[None]:
     host_probe.reset()
     yield
     assert host_probe.reset() == [], "a probe thread did not stop"
-
-
-def settle(url: str, destroyed: int) -> list[dict[str, Any]]:
-    """ Wait until Bokeh destroyed ``destroyed`` sessions; return the orphans. """
-    wait_until(lambda: api(url, "summary")["sessions_destroyed_total"] >= destroyed, what="sessions destroyed")
-    api(url, "gc", "POST")
-    orphans: list[dict[str, Any]] = api(url, "orphans")["orphans"]
-    return orphans
 
 
 # --- item 3: never mutate what we inspect -----------------------------------
@@ -47,7 +39,7 @@ def test_chain_search_and_report_leave_another_threads_locals_dict_alone(serve) 
     # rewrite ``params``; the old code emptied it).
     server = serve({"/app": script_app("locals_thread")}, gc_min_interval_s=0)
     ids = open_and_close_sessions(server.url + "/app", 2)
-    orphans = settle(server.url, len(ids))
+    orphans = settle_orphans(server.url, len(ids))["orphans"]
     assert sorted(o["session_id"] for o in orphans) == sorted(ids)
     for session_id in ids:
         chain = api(server.url, f"orphans/{session_id}/chain", "POST")
@@ -97,7 +89,7 @@ def test_twenty_heap_actions_next_to_a_busy_blas_thread_all_answer(run_command) 
     # thread; each answer says so.
     server = _serve_blas(run_command)
     ids = open_and_close_sessions(f"{server.url}/blas_thread", 2)
-    orphans = settle(server.url, len(ids))
+    orphans = settle_orphans(server.url, len(ids))["orphans"]
     assert sorted(o["session_id"] for o in orphans) == sorted(ids)
     actions = [("POST", "baseline"), ("GET", "types"), ("POST", f"orphans/{ids[0]}/chain"),
                ("GET", "types?compare=baseline"), ("POST", f"orphans/{ids[1]}/chain")] * 4
@@ -120,7 +112,7 @@ def test_twenty_heap_actions_next_to_a_busy_blas_thread_all_answer(run_command) 
 def test_refuse_mode_answers_409_with_the_reason_and_the_fix(run_command) -> None:
     server = _serve_blas(run_command, BOKEH_MEMWATCH_HEAP_FORK="refuse")
     ids = open_and_close_sessions(f"{server.url}/blas_thread", 1)
-    settle(server.url, len(ids))
+    settle_orphans(server.url, len(ids))
     for method, path in (("POST", "baseline"), ("GET", "types"), ("POST", f"orphans/{ids[0]}/chain"),
                          ("GET", "report?chains=1")):
         status, _, answer = http(method, f"{server.url}/memwatch/api/{path}",
@@ -143,7 +135,7 @@ def test_heap_jobs_run_no_finalizer_or_weakref_callback_in_the_child(serve, tmp_
                         types_min_interval_s=0, snapshot_timeout_s=30, chain_timeout_s=30)
     server = serve({"/app": script_app("leak_global")}, memwatch=memwatch)
     ids = open_and_close_sessions(server.url + "/app", 1)
-    settle(server.url, len(ids))
+    settle_orphans(server.url, len(ids))
     release = threading.Event()
     host_probe.hold_lock(release)
     try:
@@ -177,7 +169,7 @@ def test_objects_that_refuse_to_be_looked_at_cost_nothing_but_themselves(serve) 
     server = serve({"/app": script_app("odd_holders")}, memwatch=memwatch)
     kinds = len(host_probe.ODD_KINDS)
     ids = open_and_close_sessions(server.url + "/app", kinds)
-    orphans = settle(server.url, len(ids))
+    orphans = settle_orphans(server.url, len(ids))["orphans"]
     assert sorted(o["session_id"] for o in orphans) == sorted(ids)
     names = [class_name(kind).rsplit(".", 1)[-1] for kind in host_probe.ODD_KINDS]
     made = [class_name(type(h)).rsplit(".", 1)[-1] for h in host_probe.ODD]  # (no holder left in a local)

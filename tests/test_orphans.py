@@ -8,28 +8,14 @@ API what is still alive and why.
 from __future__ import annotations
 
 import urllib.request
-from typing import Any
 
 import pytest
 
 from bokeh_memwatch import MemWatch
 
-from .conftest import api, open_and_close_sessions, script_app, wait_until
+from .conftest import api, open_and_close_sessions, script_app, settle_orphans, wait_until
 
 N = 3
-
-
-def settle(url: str, destroyed: int) -> dict[str, Any]:
-    """ Wait until Bokeh destroyed ``destroyed`` sessions, collect, wait
-    until every destroyed session is judged, and return orphans. """
-    wait_until(lambda: api(url, "summary")["sessions_destroyed_total"] >= destroyed, what="sessions destroyed")
-    api(url, "gc", "POST")
-
-    def judged() -> dict[str, Any]:
-        orphans: dict[str, Any] = api(url, "orphans")
-        return {} if orphans["pending"] or orphans["held_by_timers"] else orphans
-
-    return wait_until(judged, 60, 0.1, "every destroyed session judged")
 
 
 @pytest.mark.parametrize(
@@ -43,7 +29,7 @@ def settle(url: str, destroyed: int) -> dict[str, Any]:
 def test_leaking_app_reports_every_orphan_and_its_holder(serve, app, root_kind, root_name, must_say) -> None:
     server = serve({"/app": script_app(app)}, gc_min_interval_s=0)
     ids = open_and_close_sessions(server.url + "/app", N)
-    orphans = settle(server.url, N)
+    orphans = settle_orphans(server.url, N)
     assert sorted(o["session_id"] for o in orphans["orphans"]) == sorted(ids)
     assert all(o["app"] == "/app" and o["document_alive"] for o in orphans["orphans"])
     summary = api(server.url, "summary")
@@ -63,7 +49,7 @@ def test_leaking_app_reports_every_orphan_and_its_holder(serve, app, root_kind, 
 def test_clean_app_reports_no_orphans(serve) -> None:
     server = serve({"/app": script_app("clean")}, gc_min_interval_s=0)
     open_and_close_sessions(server.url + "/app", N)
-    orphans = settle(server.url, N)
+    orphans = settle_orphans(server.url, N)
     assert {k: v for k, v in orphans.items() if k != "pid"} == {
         "orphans": [], "retained_models": [], "held_by_timers": [], "awaiting_collection": [], "pending": [],
     }
@@ -75,7 +61,7 @@ def test_clean_app_reports_no_orphans(serve) -> None:
 def test_bounded_leak_keeps_only_the_last_session(serve) -> None:
     server = serve({"/app": script_app("leak_last_session")}, gc_min_interval_s=0)
     ids = open_and_close_sessions(server.url + "/app", N)
-    orphans = settle(server.url, N)
+    orphans = settle_orphans(server.url, N)
     assert [o["session_id"] for o in orphans["orphans"]] == [ids[-1]]
     chain = api(server.url, f"orphans/{ids[-1]}/chain", "POST")
     assert chain["root"] == {"kind": "module", "name": "tests.apps.holders"}
@@ -109,7 +95,7 @@ def test_sessions_between_ticks_are_not_missed(serve) -> None:
     # A sampler that effectively never ticks: the lifecycle hooks alone must see everything.
     server = serve({"/app": script_app("leak_global")}, interval_ms=3_600_000, gc_min_interval_s=0)
     ids = open_and_close_sessions(server.url + "/app", N)
-    orphans = settle(server.url, N)
+    orphans = settle_orphans(server.url, N)
     assert sorted(o["session_id"] for o in orphans["orphans"]) == sorted(ids)
     assert {o["destroy_seen_by"] for o in orphans["orphans"]} == {"hook"}
 
@@ -117,7 +103,7 @@ def test_sessions_between_ticks_are_not_missed(serve) -> None:
 def test_history_records_activity(serve) -> None:
     server = serve({"/app": script_app("leak_global")}, gc_min_interval_s=0)
     open_and_close_sessions(server.url + "/app", 2)
-    settle(server.url, 2)
+    settle_orphans(server.url, 2)
     wait_until(lambda: (api(server.url, "history?limit=1")["samples"] or [{}])[-1].get("orphans") == 2,
                what="a sample with the orphans")
     samples = api(server.url, "history")["samples"]

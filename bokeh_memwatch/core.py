@@ -31,6 +31,7 @@ from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 
 from . import chains
+from .census import CensusManager
 from .cluster import WORKER_FIELDS, Cluster, server_key
 from .collectors import Collector, ProcessCollector, default_collectors
 from .heapwork import HeapWorker
@@ -128,6 +129,11 @@ class MemwatchOptions:
     cgroup_root: str = "/sys/fs/cgroup"
     limit_fraction: float = 0.9
     limit_min_interval_s: float = 600.0
+    # The census (census.py): live objects by type in the heap worker, every
+    # census_interval_s when sessions closed since the last one (0: on
+    # demand only), at most one per census_min_interval_s.
+    census_interval_s: float = 600.0
+    census_min_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.history_max_bytes < 64 * 1024:
@@ -139,6 +145,9 @@ class MemwatchOptions:
         for name in ("max_snapshots", "max_snapshot_bytes", "snapshot_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("census_interval_s", "census_min_interval_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.types_min_interval_s < 0:
             raise ValueError(f"types_min_interval_s must be >= 0, got {self.types_min_interval_s}")
         for name in ("interval_ms", "history_s", "chain_max_depth", "max_destroyed"):
@@ -200,6 +209,8 @@ class MemWatch:
         self._last_gc: float = float("-inf")
         self._process: ProcessCollector | None = None
         self.snapshots: SnapshotManager | None = None
+        #: Censuses of live objects by type (made in start()).
+        self.census: CensusManager | None = None
         #: History database, workers, memory limit (made in start()).
         self.cluster: Cluster | None = None
         #: The server's port, when the way in knows it (names its history).
@@ -235,7 +246,10 @@ class MemWatch:
     def _instrument_one(self, path: str, app: Application) -> None:
         if any(isinstance(h, MemwatchAppHandler) and h.listener is self for h in app.handlers):
             return
-        app.add(MemwatchAppHandler(path, self))
+        handler = MemwatchAppHandler(path, self)
+        app_ref = weakref.ref(app)
+        handler.siblings = lambda: tuple(getattr(app_ref(), "handlers", ()))
+        app.add(handler)
         self._app_refs.add(app)
 
     def attach(self, target: BaseServer | BokehTornado) -> None:
@@ -307,8 +321,25 @@ class MemWatch:
             types_min_interval_s=self.options.types_min_interval_s, timeout_s=self.options.snapshot_timeout_s,
         )
         self.snapshots.start()
+        self._start_census(io_loop)
+
+    def _start_census(self, io_loop: IOLoop | None) -> None:
+        self.census = CensusManager(
+            self.heap_worker, closed=lambda: self.tracker.destroyed_total,
+            live=lambda: sum(len(s) for s in self.live_sessions().values()),
+            interval_s=self.options.census_interval_s, min_interval_s=self.options.census_min_interval_s,
+            timeout_s=self.options.snapshot_timeout_s, chain_depth=self.options.chain_max_depth,
+            chain_timeout_s=self.options.chain_timeout_s,
+        )
+        try:
+            self.census.start()
+        except RuntimeError:  # no running loop yet
+            if io_loop is not None:
+                io_loop.add_callback(self.census.start)
 
     def stop(self) -> None:
+        if self.census is not None:
+            self.census.stop()
         if self.sampler is not None:
             self.sampler.stop()
         if self.snapshots is not None:
@@ -437,14 +468,25 @@ class MemWatch:
                     }
         return out
 
+    def session_build_errors(self) -> dict[str, dict[str, Any]]:
+        """ Per app: sessions whose build failed in one of the app's own
+        handlers, and the first error (text with traceback, or None). """
+        out: dict[str, dict[str, Any]] = {}
+        for app in list(self._app_refs):
+            for handler in app.handlers:
+                if isinstance(handler, MemwatchAppHandler) and handler.listener is self:
+                    out[handler.app_path] = {"count": handler.sessions_failed, "first": handler.first_error}
+        return out
+
     def advice(self, *, rounds: Mapping[str, Any] | None = None, history_limit: int = 720) -> list[dict[str, Any]]:
         """ The article's checklist applied to live data (see :mod:`.advice`);
         ``rounds`` is what ``bokeh-memwatch check`` measured, per app. """
-        from .advice import advise
+        from .advice import advise, census_advice
 
         summary = self.summary()
         orphans = self.orphans()
-        return advise(
+        grown = census_advice(None, self.census.state()) if self.census is not None and rounds is None else []
+        return grown + advise(
             summary,
             sessions=self.sessions(),
             retained=[*orphans["orphans"], *orphans["retained_models"]],

@@ -34,12 +34,12 @@ from . import chains
 from .census import CensusManager
 from .cluster import WORKER_FIELDS, Cluster, server_key
 from .collectors import Collector, ProcessCollector, default_collectors
-from .heapwork import HeapWorker
+from .heapwork import HeapWorkBusy, HeapWorker
 from .instrument import MemwatchAppHandler
 from .sampler import Sampler
 from .snapshots import SnapshotManager
 from .store import SampleStore
-from .tracker import SessionTracker, source_bytes
+from .tracker import VERIFIED_BY_COLLECTIONS, VERIFIED_BY_SCAN, SessionTracker, source_bytes, verification_job
 
 if TYPE_CHECKING:
     from bokeh.application.application import ServerContext
@@ -81,8 +81,12 @@ class MemwatchOptions:
     Attributes:
         interval_ms: time between samples.
         history_s: how much history the in-memory store keeps.
-        orphan_grace_ms: how long a Document may outlive its session before
-            it counts as an orphan (it also needs a full gc collection).
+        orphan_grace_ms: how long a destroyed session's Document and Models
+            may stay alive before they are verified (``pending`` until then).
+        verify_min_interval_s: least time between two verifications of
+            destroyed sessions (reachability scans in a forked child; they
+            run only while some destroyed session is unproven).
+        verify_timeout_s: longest one verification may run.
         allow_remote: answer non-loopback clients when no Bokeh auth is set.
         chain_timeout_s: longest a "why alive" search may run.
         chain_max_depth: longest reference chain searched.
@@ -104,6 +108,8 @@ class MemwatchOptions:
     interval_ms: int = 5000
     history_s: int = 24 * 3600
     orphan_grace_ms: int = 5000
+    verify_min_interval_s: float = 5.0
+    verify_timeout_s: float = 120.0
     allow_remote: bool = False
     chain_timeout_s: float = 30.0
     chain_max_depth: int = 25
@@ -153,9 +159,12 @@ class MemwatchOptions:
         for name in ("interval_ms", "history_s", "chain_max_depth", "max_destroyed"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("orphan_grace_ms", "chain_cache_s", "gc_min_interval_s", "tick_budget_ms"):
+        for name in ("orphan_grace_ms", "chain_cache_s", "gc_min_interval_s", "tick_budget_ms",
+                     "verify_min_interval_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.verify_timeout_s <= 0:
+            raise ValueError(f"verify_timeout_s must be > 0, got {self.verify_timeout_s}")
         if self.chain_timeout_s <= 0:
             raise ValueError(f"chain_timeout_s must be > 0, got {self.chain_timeout_s}")
         if self.token and len(self.token) < 16:
@@ -199,6 +208,9 @@ class MemWatch:
         self.store: SampleStore | None = None
         self.sampler: Sampler | None = None
         self.heap_worker = HeapWorker(max_concurrent=1)
+        self.tracker.exact = self.heap_worker.forks
+        #: The last verification of destroyed sessions (see verify_destroyed).
+        self.verification: dict[str, Any] = {"runs": 0, "last_error": None}
         self._contexts: dict[str, ApplicationContext] = {}
         self._app_refs: weakref.WeakSet[Application] = weakref.WeakSet()
         self._io_loop: IOLoop | None = None
@@ -274,6 +286,9 @@ class MemWatch:
     def session_destroyed(self, app_path: str, session_id: str) -> None:
         self.tracker.session_destroyed(session_id)
         self._chain_cache.pop(session_id, None)
+        # Verify when its grace period ends, whatever the sampling interval.
+        if self.sampler is not None and self.sampler.running:
+            self.sampler.schedule_verification()
 
     def server_loaded(self, app_path: str, server_context: ServerContext) -> None:
         context = getattr(server_context, "application_context", None)
@@ -311,6 +326,8 @@ class MemWatch:
             interval_ms=self.options.interval_ms,
             budget_s=self.options.tick_budget_ms / 1000,
             listeners=[self.cluster.on_sample],
+            verify=self.verify_destroyed,
+            verify_min_interval_s=self.options.verify_min_interval_s,
         )
         self.cluster.start()
         self.sampler.start(io_loop)
@@ -385,8 +402,9 @@ class MemWatch:
             "traced_bytes": latest.get("traced_bytes") if latest else None,
         }
         for key in ("sessions", "connections", "documents", "models", "data_bytes", "orphans",
-                    "pending_orphans", "models_retained"):
+                    "pending_orphans", "held_by_timers", "awaiting_collection", "models_retained"):
             result[key] = int(counts.totals.get(key, 0))
+        result["verification"] = self.verification_state()
         result.update(self.tracker.counters())
         result["apps"] = {path: {k: int(v) for k, v in app.items()} for path, app in counts.apps.items()}
         result["sampler"] = self.sampler_state()
@@ -449,12 +467,78 @@ class MemWatch:
         return rows
 
     def orphans(self) -> dict[str, list[dict[str, Any]]]:
+        """ Destroyed sessions still holding something, by state (see
+        :data:`bokeh_memwatch.tracker.STATES`): ``orphans`` and
+        ``retained_models`` are proven leaks; ``held_by_timers``,
+        ``awaiting_collection`` and ``pending`` are not (yet). """
         rows = self.tracker.destroyed_holding(budget_s=ON_DEMAND_BUDGET_S)
         return {
             "orphans": [r for r in rows if r["status"] == "orphan"],
             "retained_models": [r for r in rows if r["status"] == "models_retained"],
+            "held_by_timers": [r for r in rows if r["status"] == "held_until"],
+            "awaiting_collection": [r for r in rows if r["status"] == "awaiting_collection"],
             "pending": [r for r in rows if r["status"] == "pending"],
         }
+
+    def verification_state(self) -> dict[str, Any]:
+        """ How verdicts are reached, and the last verification's figures. """
+        sampler = self.sampler
+        return {
+            **self.verification,
+            "technique": VERIFIED_BY_SCAN if self.tracker.exact else VERIFIED_BY_COLLECTIONS,
+            "min_interval_s": self.options.verify_min_interval_s,
+            "scheduled_in_s": (
+                None if sampler is None or sampler._verify_timer is None
+                else round(max(0.0, sampler._verify_at - time.time()), 3)
+            ),
+        }
+
+    async def verify_destroyed(self, *, include_proven: bool = True) -> dict[str, Any]:
+        """ Verify the destroyed sessions due for it (and re-evaluate proven
+        ones): a reachability scan in a forked heap worker child (see
+        :mod:`bokeh_memwatch.reachability`); the loop pays the fork.
+
+        Returns the verification state.  Without a fork (or when the heap
+        worker cannot fork) verdicts fall back to the collector's schedule
+        and ``technique`` says so; nothing is collected here.  A busy heap
+        worker leaves the records pending for the next attempt.
+        """
+        if not self.heap_worker.forks:
+            self.tracker.exact = False
+            return self.verification_state()
+        groups = self.tracker.verification_groups(include_proven=include_proven)
+        if not groups:
+            return self.verification_state()
+        pid = os.getpid()
+        started = time.time()
+        try:
+            result = await self.heap_worker.run(
+                lambda: verification_job(groups, pid), timeout_s=self.options.verify_timeout_s,
+            )
+        except HeapWorkBusy as e:
+            self.verification["last_error"] = f"heap worker busy: {e}"
+            return self.verification_state()
+        except Exception as e:
+            self.verification["last_error"] = f"{type(e).__name__}: {e}"
+            if "NotFrozen" in str(e):
+                # The heap worker ran the job in this process (no fork allowed):
+                # no exact answer is possible; say how verdicts are reached instead.
+                self.tracker.exact = False
+            log.warning("memwatch: verification of destroyed sessions failed: %s", e)
+            return self.verification_state()
+        value = result.value
+        changed = self.tracker.apply_verification(value, verified_at=started)
+        self.verification.update({
+            "runs": int(self.verification.get("runs", 0)) + 1,
+            "last_at": started,
+            "last_error": None,
+            "last_records": len(value.get("records") or {}),
+            "last_changed": changed,
+            "last_objects": value.get("objects"),
+            "last_scan_s": value.get("scan_s"),
+            **{f"last_{k}": v for k, v in result.costs().items()},
+        })
+        return self.verification_state()
 
     def cleanup_hooks(self) -> dict[str, dict[str, int]]:
         """ Per app: sessions seen and how many had an ``on_session_destroyed``

@@ -2,15 +2,22 @@
 server's IOLoop and appends one sample to the store per tick.
 
 Per-tick work is constant for the process collectors and grows with the
-number of sessions for the tracker; it never walks the heap.  A collector that
+number of sessions for the tracker; it never walks the heap.  The one heavy
+job it starts, verifying destroyed sessions (a reachability scan of a forked
+copy of the heap, see :mod:`bokeh_memwatch.reachability`), runs only when a
+destroyed session is unproven past its grace period or its holding timers
+are due, at most once per ``verify_min_interval_s``; the loop pays the
+fork.  A collector that
 raises is logged once (with its traceback), the sample is marked
 (``errors``) and the other collectors go on.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
@@ -41,6 +48,10 @@ class Sampler:
             fields) after it is stored; must be quick (the history
             database only queues it).  One that raises is logged once.
         clock: unix time in seconds (injectable for tests).
+        verify: a coroutine function that verifies the destroyed sessions
+            due for it (``MemWatch.verify_destroyed``); None: never.
+        verify_min_interval_s: least time between the starts of two
+            verifications.
     """
 
     def __init__(
@@ -54,6 +65,8 @@ class Sampler:
         budget_s: float | None = None,
         listeners: Sequence[SampleListener] = (),
         clock: Callable[[], float] = time.time,
+        verify: Callable[[], Awaitable[Any]] | None = None,
+        verify_min_interval_s: float = 5.0,
     ) -> None:
         if interval_ms <= 0:
             raise ValueError(f"interval_ms must be > 0, got {interval_ms}")
@@ -73,6 +86,14 @@ class Sampler:
         self.max_tick_ms = 0.0
         self.last_refresh_ms = 0.0
         self.max_refresh_ms = 0.0
+        self._verify = verify
+        self.verify_min_interval_s = verify_min_interval_s
+        self._verify_timer: object | None = None
+        self._verify_at = 0.0  # unix time the armed timer fires
+        self._verifying = False
+        self._last_verify_started = float("-inf")  # monotonic
+        self.verifications = 0
+        self._tasks: set[asyncio.Future[None]] = set()
 
     @property
     def running(self) -> bool:
@@ -96,6 +117,7 @@ class Sampler:
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
+        self._cancel_verify_timer()
 
     def tick(self) -> None:
         """ Take one sample.  Never raises: failures are logged and counted. """
@@ -143,6 +165,7 @@ class Sampler:
         # whatever came due meanwhile runs between the two.
         if self.running:
             IOLoop.current().add_callback(self.refresh)
+            self.schedule_verification()
         else:
             self.refresh()
 
@@ -157,6 +180,60 @@ class Sampler:
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.last_refresh_ms = elapsed_ms
         self.max_refresh_ms = max(self.max_refresh_ms, elapsed_ms)
+
+    # -- verification of destroyed sessions ------------------------------------------
+
+    def schedule_verification(self) -> None:
+        """ Arm a timer for the next verification the tracker needs (see
+        :meth:`SessionTracker.verification_due`), no sooner than
+        ``verify_min_interval_s`` after the last one started; nothing when
+        nothing is unproven.  Never raises. """
+        if self._verify is None or self._verifying:
+            return
+        try:
+            due = self.tracker.verification_due()
+        except Exception:
+            self._failed_once("verification_due")
+            return
+        if due is None:
+            self._cancel_verify_timer()
+            return
+        now = self._clock()
+        earliest = now + (self._last_verify_started + self.verify_min_interval_s - time.monotonic())
+        at = max(due, earliest, now)
+        if self._verify_timer is not None and self._verify_at <= at:
+            return
+        self._cancel_verify_timer()
+        self._verify_at = at
+        self._verify_timer = IOLoop.current().call_later(at - now, self._start_verification)
+
+    def _cancel_verify_timer(self) -> None:
+        if self._verify_timer is not None:
+            IOLoop.current().remove_timeout(self._verify_timer)
+            self._verify_timer = None
+
+    def _start_verification(self) -> None:
+        self._verify_timer = None
+        if self._verify is None or self._verifying:
+            return
+        self._verifying = True
+        self._last_verify_started = time.monotonic()
+        self.verifications += 1
+        verify = self._verify
+
+        async def run() -> None:
+            try:
+                await verify()
+            except Exception:
+                self._failed_once("verification")
+            finally:
+                self._verifying = False
+                if self._callback is not None:
+                    self.schedule_verification()
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _failed_once(self, name: str) -> None:
         if name in self._failed:

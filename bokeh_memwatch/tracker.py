@@ -6,11 +6,27 @@ sampler tick, which sessions the server holds.  From that it knows, without
 ever scanning the heap:
 
 * per session: connections, Models, bytes held in ColumnDataSources;
-* orphans: Documents still alive after their session was destroyed, past a
-  grace period and after a full collection of the garbage collector;
-* retained Models: Models of a destroyed session that are still alive even
-  though their Document is gone (Panel detaches Models from the Document on
-  cleanup, so a leak there keeps Models and their data without the Document).
+* what became of every destroyed session that still holds something, as one
+  of the :data:`STATES`:
+
+  - ``pending``: within the grace period, or not verified yet;
+  - ``awaiting_collection``: its Document and Models are unreachable garbage
+    that Python's next full collection frees (not a leak);
+  - ``held_until``: reachable only through scheduled loop callbacks (a
+    stopped Bokeh periodic callback's last sleep); verified again once the
+    last of them is due;
+  - ``orphan``: its Document is reachable from a root (proven);
+  - ``models_retained``: its Document is gone or garbage but some of its
+    Models are reachable from a root (proven; Panel detaches Models from
+    the Document on cleanup, so a leak there keeps Models without it).
+
+The proof is a reachability scan of a forked copy of the heap
+(:mod:`bokeh_memwatch.reachability`, run by the sampler through the heap
+worker; :meth:`SessionTracker.verification_groups` and
+:meth:`SessionTracker.apply_verification`).  Where no fork is possible the
+tracker falls back to the collector's own schedule (alive past the grace
+period and after a full collection since the destroy) and says so in
+``verified_by``.
 
 It holds only weak references, ids and type names: it never keeps what it
 watches alive.  It imports neither tornado nor ``bokeh.server``.
@@ -28,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .collectors import full_collections
+from .reachability import verify_groups
 
 if TYPE_CHECKING:
     from bokeh.document import Document
@@ -36,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = (
+    "STATES",
     "LiveSession",
     "SessionLike",
     "SessionTracker",
@@ -43,6 +61,7 @@ __all__ = (
     "TrackedSession",
     "column_bytes",
     "source_bytes",
+    "verification_job",
 )
 
 
@@ -61,6 +80,20 @@ class SessionLike(Protocol):
     def milliseconds_since_last_unsubscribe(self) -> float: ...
     @property
     def destroyed(self) -> bool: ...
+
+
+#: The states of a destroyed session that still holds something (see the
+#: module docstring).  ``orphan`` and ``models_retained`` are leaks, proven.
+STATES: tuple[str, ...] = ("pending", "awaiting_collection", "held_until", "orphan", "models_retained")
+
+#: How the verdicts were reached: a reachability scan of a forked copy of
+#: the heap, or (no fork) the collector's own schedule.
+VERIFIED_BY_SCAN = "reachability_scan"
+VERIFIED_BY_COLLECTIONS = "full_collection_since_destroy"
+
+#: Seconds after a holding timer is due before the session is verified again
+#: (the callback must have run and its task finished).
+TIMER_MARGIN_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +130,17 @@ class TrackedSession:
     retained_types: dict[str, int] = field(default_factory=dict)
     refreshed_at: float = 0.0
     refreshed_collections: int = -1
+    # The last verification (unix time; "" fate: never verified): "garbage",
+    # "held", "orphan" or "models_retained"; held_until for "held".
+    fate: str = ""
+    held_until: float | None = None
+    verified_at: float | None = None
+    verified_by: str = ""
+    # Models reachable from a root at the last verification (of a
+    # "models_retained" record; an orphan's Models count with the orphan).
+    proven_models: int = 0
+    # ids of those Models (figures of a "models_retained" record are theirs).
+    proven_ids: frozenset[int] | None = None
 
     @property
     def destroyed(self) -> bool:
@@ -169,8 +213,11 @@ class SessionTracker:
 
     Args:
         grace_s: how long after its session was destroyed a Document may stay
-            alive before it counts as an orphan (it also needs a full
-            collection of the garbage collector since the destroy).
+            alive before it is verified (until then: ``pending``).
+        exact: verdicts come from reachability scans
+            (:meth:`apply_verification`); ``False`` (no fork) falls back to
+            the collector's schedule: alive past the grace period and after
+            a full collection since the destroy.
         max_destroyed: how many destroyed sessions that still hold something
             are remembered; beyond that the oldest are forgotten and counted
             in ``forgotten_total``.
@@ -185,6 +232,7 @@ class SessionTracker:
         max_destroyed: int = 10_000,
         clock: Callable[[], float] = time.time,
         collections: Callable[[], int] = full_collections,
+        exact: bool = True,
     ) -> None:
         if grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {grace_s}")
@@ -194,6 +242,7 @@ class SessionTracker:
         self._max_destroyed = max_destroyed
         self._clock = clock
         self._collections = collections
+        self.exact = exact
         self._serial = itertools.count(1)
         self._live: dict[str, TrackedSession] = {}
         self._destroyed: dict[int, TrackedSession] = {}  # serial -> record, oldest first
@@ -299,7 +348,8 @@ class SessionTracker:
         if refresh:
             self._refresh_round_robin(deadline)
         totals = _empty_app_counts()
-        totals["pending_orphans"] = 0
+        for key in _STATE_TOTALS.values():
+            totals[key] = 0
         now = self._clock()
         collections = self._collections()
         for serial, record in list(self._destroyed.items()):
@@ -311,16 +361,17 @@ class SessionTracker:
                 self.cleaned_total += 1
                 continue
             counts = apps.setdefault(record.app, _empty_app_counts())
-            settled = self._settled(record, now, collections)
+            state = self.state(record, alive=alive, now=now, collections=collections)
             if alive:
-                if settled:
-                    counts["orphans"] += 1
-                    counts["documents"] += 1
-                else:
-                    totals["pending_orphans"] += 1
-            if settled and record.retained_models:
-                counts["models_retained"] += record.retained_models
+                counts["documents"] += 1
+            if state == "orphan":
+                counts["orphans"] += 1
                 counts["data_bytes"] += record.retained_bytes
+            elif state == "models_retained":
+                counts["models_retained"] += self._retained_model_count(record)
+                counts["data_bytes"] += record.retained_bytes
+            else:
+                totals[_STATE_TOTALS[state]] += 1
         for counts in apps.values():
             for key, value in counts.items():
                 totals[key] = totals.get(key, 0) + value
@@ -372,14 +423,131 @@ class SessionTracker:
         # A fresh dict: a dict never shrinks as entries are deleted.
         record.model_refs = {id(m): weakref.ref(m) for m in models}
         record.retained_models = len(models)
-        record.retained_bytes = sum(source_bytes(m) for m in models)
-        record.retained_types = dict(Counter(_type_name(m) for m in models).most_common(10))
+        # Of Models proven retained without their Document, only those count.
+        proven = record.proven_ids
+        kept = models if proven is None or record.fate != "models_retained" else [m for m in models if id(m) in proven]
+        record.retained_bytes = sum(source_bytes(m) for m in kept)
+        record.retained_types = dict(Counter(_type_name(m) for m in kept).most_common(10))
         record.refreshed_at = time.monotonic()
-        del models
+        del models, kept
 
-    def _settled(self, record: TrackedSession, now: float, collections: int) -> bool:
+    def state(self, record: TrackedSession, *, alive: bool, now: float, collections: int) -> str:
+        """ One of :data:`STATES` for a destroyed record (``alive``: its
+        Document is alive). """
         assert record.destroyed_at is not None
-        return (now - record.destroyed_at) >= self.grace_s and collections > record.full_collections_at_destroy
+        fate = record.fate
+        if fate == "orphan" and not alive:
+            # Freed since it was proven: what is left must be proven again.
+            record.fate = fate = ""
+        if fate:
+            return _FATE_STATES[fate]
+        if (
+            not self.exact
+            and (now - record.destroyed_at) >= self.grace_s
+            and collections > record.full_collections_at_destroy
+        ):
+            record.verified_by = VERIFIED_BY_COLLECTIONS
+            return "orphan" if alive else "models_retained"
+        return "pending"
+
+    @staticmethod
+    def _retained_model_count(record: TrackedSession) -> int:
+        """ Models of a ``models_retained`` record: those proven reachable
+        (a scan), else those alive (the collector's schedule). """
+        if record.verified_by == VERIFIED_BY_SCAN:
+            return record.proven_models
+        return record.retained_models or 0
+
+    # -- verification ---------------------------------------------------------
+
+    def _needs_verification(self, record: TrackedSession, now: float) -> float | None:
+        """ When ``record`` is next due for a verification (None: not until
+        something else changes). """
+        assert record.destroyed_at is not None
+        fate = record.fate
+        if fate == "garbage" or fate in ("orphan", "models_retained"):
+            return None
+        if fate == "held":
+            return (record.held_until if record.held_until is not None else now) + TIMER_MARGIN_S
+        return record.destroyed_at + self.grace_s
+
+    def verification_due(self) -> float | None:
+        """ The earliest unix time at which a destroyed session needs a
+        verification (pending past its grace period, or held by timers that
+        are then due); None when nothing is unproven. """
+        if not self.exact:
+            return None
+        now = self._clock()
+        due: float | None = None
+        for record in self._destroyed.values():
+            at = self._needs_verification(record, now)
+            if at is not None and (due is None or at < due):
+                due = at
+        return due
+
+    def verification_groups(self, *, include_proven: bool = True) -> dict[str, list[weakref.ReferenceType[Any]]]:
+        """ What to verify now: per destroyed record due for it (and, with
+        ``include_proven``, every proven orphan or retained-Models record,
+        re-evaluated), its serial -> ``[document ref, *model refs]``.  Weak
+        references only: the job resolves them in the child. """
+        now = self._clock()
+        groups: dict[str, list[weakref.ReferenceType[Any]]] = {}
+        for serial, record in self._destroyed.items():
+            at = self._needs_verification(record, now)
+            proven = record.fate in ("orphan", "models_retained")
+            if (at is not None and at <= now) or (include_proven and proven):
+                groups[str(serial)] = [record.doc_ref, *record.model_refs.values()]
+        return groups
+
+    def apply_verification(self, answer: Mapping[str, Any], *, verified_at: float) -> int:
+        """ Record what a :func:`verification_job` answered (its
+        ``records``); returns how many records changed state. """
+        changed = 0
+        records = answer.get("records") or {}
+        for key, fates in records.items():
+            try:
+                record = self._destroyed.get(int(key))
+            except ValueError:
+                continue
+            if record is None:
+                continue
+            before = (record.fate, record.held_until)
+            self._apply_one(record, fates, verified_at)
+            changed += before != (record.fate, record.held_until)
+            self._refresh_destroyed(record)
+        return changed
+
+    def _apply_one(self, record: TrackedSession, fates: Mapping[str, Any], verified_at: float) -> None:
+        doc_state, doc_until = fates["document"]
+        models: Mapping[str, int] = fates.get("models") or {}
+        reachable_models = int(models.get("reachable", 0))
+        held_models = int(models.get("held_by_timer", 0))
+        if doc_state == "untracked" or models.get("untracked"):
+            return  # cannot be decided: stays pending
+        was = record.fate
+        record.verified_at = verified_at
+        record.verified_by = VERIFIED_BY_SCAN
+        document_alive = doc_state not in ("freed", "garbage")
+        if doc_state == "reachable":
+            record.fate, record.held_until = "orphan", None
+        elif doc_state == "held_by_timer" or held_models:
+            untils = [u for u in (doc_until if doc_state == "held_by_timer" else None,
+                                  fates.get("models_held_until")) if u is not None]
+            if was in ("held", "orphan", "models_retained") or reachable_models:
+                # Still held once its timers were due (a callback that re-arms
+                # itself), or held by a root besides: proven.
+                record.fate = "orphan" if document_alive else "models_retained"
+                record.held_until = None
+            else:
+                record.fate = "held"
+                record.held_until = max(untils) if untils else verified_at
+        elif reachable_models:
+            record.fate, record.held_until = "models_retained", None
+        else:
+            record.fate, record.held_until = "garbage", None
+        record.proven_models = reachable_models + (held_models if record.fate == "models_retained" else 0)
+        kept = fates.get("models_kept")
+        record.proven_ids = frozenset(int(i) for i in kept) if isinstance(kept, list) else None
 
     def _refresh_models(self, record: TrackedSession, document: Document) -> None:
         refs = record.model_refs
@@ -437,16 +605,20 @@ class SessionTracker:
             if not alive and not record.retained_models:
                 continue
             assert record.destroyed_at is not None
-            settled = self._settled(record, now, collections)
+            state = self.state(record, alive=alive, now=now, collections=collections)
             out.append({
                 "session_id": record.session_id,
                 "app": record.app,
                 "created_at": record.created_at,
                 "destroyed_at": record.destroyed_at,
                 "seconds_since_destroyed": round(now - record.destroyed_at, 3),
-                "status": ("orphan" if alive else "models_retained") if settled else "pending",
+                "status": state,
+                "held_until": record.held_until if state == "held_until" else None,
+                "verified_by": record.verified_by or None,
+                "verified_s_ago": None if record.verified_at is None else round(now - record.verified_at, 3),
                 "document_alive": alive,
                 "models": record.retained_models or 0,
+                "models_proven": self._retained_model_count(record) if state == "models_retained" else None,
                 "model_types": dict(record.retained_types),
                 "data_bytes": record.retained_bytes,
                 "refreshed_s_ago": round(time.monotonic() - record.refreshed_at, 3),
@@ -483,6 +655,52 @@ class SessionTracker:
             "sessions_forgotten_total": self.forgotten_total,
             "destroyed_tracked": len(self._destroyed),
         }
+
+
+#: Totals (process-wide only) of the states that are not leaks.
+_STATE_TOTALS = {
+    "pending": "pending_orphans",
+    "held_until": "held_by_timers",
+    "awaiting_collection": "awaiting_collection",
+}
+
+_FATE_STATES = {
+    "garbage": "awaiting_collection",
+    "held": "held_until",
+    "orphan": "orphan",
+    "models_retained": "models_retained",
+}
+
+
+def verification_job(groups: Mapping[str, list[weakref.ReferenceType[Any]]], parent_pid: int) -> dict[str, Any]:
+    """ The heap worker job (forked child) behind
+    :meth:`SessionTracker.apply_verification`: a reachability scan of the
+    records' Documents and Models, summed up per record as
+    ``{"document": [state, held_until], "models": {state: n},
+    "models_held_until": t, "models_kept": [id, ...]}`` under ``records``
+    (``models_kept``: ids of the Models a collection keeps), with the scan's
+    figures. """
+    answer = verify_groups(groups, parent_pid=parent_pid)
+    records: dict[str, Any] = {}
+    for key, fates in answer.pop("fates").items():
+        document, *models = fates
+        counts = Counter(state for state, _ in models)
+        untils = [until for state, until in models if state == "held_by_timer" and until is not None]
+        kept: list[int] = []
+        for ref, (state, _) in zip(groups[key][1:], models, strict=True):
+            if state in ("reachable", "held_by_timer"):
+                obj = ref()
+                if obj is not None:
+                    kept.append(id(obj))
+                del obj
+        records[key] = {
+            "document": document,
+            "models": dict(counts),
+            "models_held_until": max(untils) if untils else None,
+            "models_kept": kept,
+        }
+    answer["records"] = records
+    return answer
 
 
 def _empty_app_counts() -> dict[str, float]:

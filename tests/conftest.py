@@ -119,7 +119,7 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
 _OPTION_NAMES = {
     "interval_ms", "history_s", "orphan_grace_ms", "allow_remote", "chain_timeout_s",
     "chain_max_depth", "chain_cache_s", "gc_min_interval_s", "max_destroyed", "tick_budget_ms",
-    "token", "http", "show_values",
+    "token", "http", "show_values", "verify_min_interval_s", "verify_timeout_s",
 }
 
 

@@ -1,14 +1,20 @@
 """ The tracker on real Bokeh Documents and Models (no server needed). """
 from __future__ import annotations
 
+import asyncio
 import gc
+import os
+import time
+from collections.abc import Iterator
 
 import numpy as np
+import pytest
 from bokeh.document import Document
 from bokeh.models import ColumnDataSource
 from bokeh.plotting import figure
 
-from bokeh_memwatch.tracker import LiveSession, SessionTracker, column_bytes, source_bytes
+from bokeh_memwatch.heapwork import run_isolated
+from bokeh_memwatch.tracker import LiveSession, SessionTracker, column_bytes, source_bytes, verification_job
 
 
 class Clock:
@@ -47,13 +53,36 @@ def test_counts_models_and_data_bytes() -> None:
     assert tracker.created_total == 1  # registered on first sight
 
 
-def test_orphan_needs_grace_and_a_full_collection() -> None:
+def _verify(tracker: SessionTracker) -> int:
+    """ Run the tracker's verification job in a real forked child. """
+    groups = tracker.verification_groups()
+    if not groups:
+        return 0
+    pid = os.getpid()
+    result = asyncio.run(run_isolated(lambda: verification_job(groups, pid), timeout_s=120, use_fork=True))
+    assert result.technique == "fork"
+    return tracker.apply_verification(result.value, verified_at=tracker._clock())
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def test_without_fork_orphans_follow_the_collectors_schedule() -> None:
     clock, collections = Clock(), Collections()
-    tracker = SessionTracker(grace_s=5, clock=clock, collections=collections)
+    tracker = SessionTracker(grace_s=5, clock=clock, collections=collections, exact=False)
     doc = make_doc()
     tracker.session_created("/app", "s1", doc)
     tracker.session_destroyed("s1")
     assert tracker.observe({"/app": []}).totals["pending_orphans"] == 1
+    assert tracker.verification_due() is None  # no scans without a fork
     clock.now += 10
     assert tracker.observe({"/app": []}).totals["orphans"] == 0  # no collection yet
     collections.n += 1
@@ -61,6 +90,39 @@ def test_orphan_needs_grace_and_a_full_collection() -> None:
     assert counts.apps["/app"]["orphans"] == 1 and counts.totals["documents"] == 1
     [row] = tracker.destroyed_holding()
     assert row["status"] == "orphan" and row["session_id"] == "s1"
+    assert row["verified_by"] == "full_collection_since_destroy"
+
+
+def test_orphan_is_proven_by_a_scan_after_the_grace_period(no_gc: None) -> None:
+    clock = Clock()
+    clock.now = time.time()
+    tracker = SessionTracker(grace_s=5, clock=clock, collections=Collections())
+    held = [make_doc()]  # held from this frame: reachable from a root
+    tracker.session_created("/app", "held", held[0])
+    doc = make_doc()
+    tracker.session_created("/app", "garbage", doc)
+    del doc  # a Document is a cycle with its Models: garbage, not yet collected
+    tracker.session_destroyed("held")
+    tracker.session_destroyed("garbage")
+    counts = tracker.observe({"/app": []})
+    assert counts.totals["pending_orphans"] == 2 and counts.totals["documents"] == 2
+    assert tracker.verification_due() == clock.now + 5
+    assert tracker.verification_groups() == {}  # within the grace period
+    clock.now += 5
+    assert _verify(tracker) == 2
+    counts = tracker.observe({"/app": []})
+    assert counts.totals["orphans"] == 1 and counts.totals["awaiting_collection"] == 1
+    assert counts.totals["pending_orphans"] == 0 and counts.totals["documents"] == 2
+    assert tracker.verification_due() is None  # nothing unproven: no more scans
+    states = {r["session_id"]: r["status"] for r in tracker.destroyed_holding()}
+    assert states == {"held": "orphan", "garbage": "awaiting_collection"}
+    # A proven orphan is re-evaluated with the next scan: released, it is garbage.
+    held.clear()
+    _verify(tracker)
+    states = {r["session_id"]: r["status"] for r in tracker.destroyed_holding()}
+    assert states == {"held": "awaiting_collection", "garbage": "awaiting_collection"}
+    gc.collect()
+    assert tracker.observe({"/app": []}).totals["documents"] == 0 and tracker.cleaned_total == 2
 
 
 def test_freed_documents_are_forgotten_and_counted_clean() -> None:
@@ -75,23 +137,29 @@ def test_freed_documents_are_forgotten_and_counted_clean() -> None:
     assert tracker.cleaned_total == 1 and tracker.destroyed_holding() == []
 
 
-def test_models_retained_without_the_document() -> None:
-    clock, collections = Clock(), Collections()
-    tracker = SessionTracker(grace_s=0, clock=clock, collections=collections)
+def test_models_retained_without_the_document(no_gc: None) -> None:
+    clock = Clock()
+    tracker = SessionTracker(grace_s=0, clock=clock, collections=Collections())
     doc = make_doc(500)
     tracker.session_created("/app", "s1", doc)
     [source] = [m for m in doc.models if isinstance(m, ColumnDataSource)]
     doc.clear()  # what Panel's cleanup does: detach the Models from the Document
     tracker.session_destroyed("s1")
     del doc
-    gc.collect()
-    collections.n += 1
+    counts = tracker.observe({"/app": []})
+    assert counts.totals["pending_orphans"] == 1 and counts.apps["/app"]["models_retained"] == 0
+    _verify(tracker)
     counts = tracker.observe({"/app": []})
     assert counts.totals["orphans"] == 0
-    assert counts.apps["/app"]["models_retained"] >= 1
+    # Only the Models held from here (the source and the Models it refers
+    # to) count, not the garbage ones around them (the plot, its renderers).
+    kept = len(source.references())
+    assert 1 < kept < len(tracker.find("s1").model_refs)  # type: ignore[union-attr]
+    assert counts.apps["/app"]["models_retained"] == kept
     assert counts.apps["/app"]["data_bytes"] == 2 * 500 * 8
     [row] = tracker.destroyed_holding()
     assert row["status"] == "models_retained" and not row["document_alive"]
+    assert row["models_proven"] == kept and row["models"] > kept
     assert row["model_types"]["ColumnDataSource"] == 1
     del source
 

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 __all__ = (
     "CALLBACKS",
     "DOCS",
+    "FEED",
     "GLOBAL_SELECT",
     "LAST",
     "NASTY",
@@ -86,6 +87,9 @@ class Nasty:
     def __del__(self) -> None:
         raise RuntimeError("del refuses")
 
+
+#: Feed subscribers of clean_periodic.py sessions; each session removes its own at destroy.
+FEED: list[Any] = []
 
 #: Nasty objects appended by leak_nasty.py.
 NASTY: list[Nasty] = []
@@ -202,6 +206,7 @@ def reset(timeout_s: float = 5.0) -> None:
     """Release every leak held by this module and stop threads and timers."""
     global LAST, GLOBAL_SELECT
     DOCS.clear()
+    FEED.clear()
     for nasty in NASTY:
         nasty.__class__ = _Defused  # type: ignore[assignment]
     NASTY.clear()

@@ -76,10 +76,13 @@ _OWN_PREFIX = "bokeh_memwatch."
 MAX_EXPLAINED = 4
 
 #: Growing types reported at most.
-MAX_GROWING = 25
+MAX_GROWING = 60
 
 #: Censuses a live server keeps.
 MAX_POINTS = 8
+
+#: Longest wait for the heap worker to finish another job, in seconds.
+BUSY_WAIT_S = 30.0
 
 
 class CensusUnavailable(RuntimeError):
@@ -306,12 +309,19 @@ def _untracked_pairs(obj: object) -> list[tuple[Any, Any]]:
     only (``.base`` of the exact ``numpy.ndarray`` type). """
     is_tracked = gc.is_tracked
     out = []
-    for ref in gc.get_referents(obj):
+    # Untracked dicts and tuples (CPython untracks those holding only
+    # untracked objects) are opened, a few levels deep.
+    pending = [(ref, 0) for ref in gc.get_referents(obj)]
+    while pending:
+        ref, level = pending.pop()
         if is_tracked(ref):
             continue
         # (object counted, object a chain search can reach: the collector
         # sees ``obj -> ref`` but not ``view -> base``)
         out.append((ref, ref))
+        if type(ref) in (dict, tuple) and level < 3:
+            pending.extend((inner, level + 1) for inner in gc.get_referents(ref))
+            continue
         array = ref
         for _ in range(8):
             if not (type(array).__name__ == "ndarray" and type(array).__module__ == "numpy"):
@@ -467,15 +477,26 @@ class CensusManager:
         previous = self._baseline()
         closed = int(self._closed())
         live = int(self._live())
-        roots = chains.capture_roots()
-        job = functools.partial(
-            census_job, previous=previous, closed=closed, roots=roots, parent_pid=os.getpid(),
-            chain_depth=self.chain_depth, chain_deadline_s=self.chain_timeout_s,
-        )
-        try:
-            outcome = await self.heap_worker.run(job, timeout_s=self.timeout_s)
-        finally:
-            del job, roots
+        # The heap worker runs one job at a time (verifications, chains,
+        # snapshots): wait for a short one to finish rather than fail.
+        deadline = time.monotonic() + BUSY_WAIT_S
+        pause_s = 0.02
+        while True:
+            roots = chains.capture_roots()
+            job = functools.partial(
+                census_job, previous=previous, closed=closed, roots=roots, parent_pid=os.getpid(),
+                chain_depth=self.chain_depth, chain_deadline_s=self.chain_timeout_s,
+            )
+            try:
+                outcome = await self.heap_worker.run(job, timeout_s=self.timeout_s)
+                break
+            except HeapWorkBusy:
+                if time.monotonic() + pause_s > deadline:
+                    raise
+            finally:
+                del job, roots
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, 0.5)
         value = outcome.value
         self.runs_total += 1
         self.last_costs = {**outcome.costs(), "scan_s": value.get("scan_s"), "count_s": value.get("count_s")}

@@ -117,7 +117,8 @@ class MemwatchCheck(MemwatchServe):
 
     def options(self, args: argparse.Namespace) -> MemwatchOptions:
         base = super().options(args)
-        changes: dict[str, Any] = {"gc_min_interval_s": 0.0}
+        # The check takes its own census after every round.
+        changes: dict[str, Any] = {"gc_min_interval_s": 0.0, "census_interval_s": 0.0}
         if getattr(args, "memwatch_orphan_grace", None) is None:
             changes["orphan_grace_ms"] = 0
         if getattr(args, "memwatch_interval", None) is None:

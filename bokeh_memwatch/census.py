@@ -119,12 +119,19 @@ def _module_of(key: str) -> str:
     return ".".join(module)
 
 
-def _shallow_size(obj: object) -> int:
+def _shallow_size(obj: object, python_sizeof: dict[type, bool] | None = None) -> int:
     """ ``sys.getsizeof`` when the type's ``__sizeof__`` is C code; the
     object's base size otherwise (a Python ``__sizeof__`` is application
-    code, which the child must not run). """
+    code, which the child must not run).  ``python_sizeof`` caches the
+    answer per type. """
+    kind = type(obj)
     try:
-        if isinstance(type(obj).__sizeof__, types.FunctionType):
+        cached = None if python_sizeof is None else python_sizeof.get(kind)
+        if cached is None:
+            cached = isinstance(kind.__sizeof__, types.FunctionType)
+            if python_sizeof is not None:
+                python_sizeof[kind] = cached
+        if cached:
             return int(object.__sizeof__(obj))
         return int(sys.getsizeof(obj))
     except Exception:
@@ -237,12 +244,16 @@ def census_job(
             own[kind] = key.startswith(_OWN_PREFIX)
         return key
 
+    python_sizeof: dict[type, bool] = {}
+    is_tracked = gc.is_tracked
+    get_referents = gc.get_referents
+
     def add(key: str, obj: object) -> None:
         row = counts.get(key)
         if row is None:
             row = counts[key] = [0, 0]
         row[0] += 1
-        row[1] += _shallow_size(obj)
+        row[1] += _shallow_size(obj, python_sizeof)
 
     with scan_heap() as heap:
         scan_s = heap.elapsed_s
@@ -259,15 +270,25 @@ def census_job(
             tracked += 1
             add(key, obj)
             # Untracked objects (arrays, strings, numbers) are counted once,
-            # through the survivors that refer to them.
-            for ref in _untracked_referents(obj):
-                if id(ref) not in untracked_seen:
-                    untracked_seen.add(id(ref))
-                    rkind = type(ref)
-                    rkey = key_for(rkind)
-                    if not own[rkind]:
-                        add(rkey, ref)
-        obj = ref = None
+            # through the survivors that refer to them.  (A fast check first:
+            # most referents are tracked.)
+            for ref in get_referents(obj):
+                if is_tracked(ref) or id(ref) in untracked_seen:
+                    continue
+                untracked_seen.add(id(ref))
+                rkind = type(ref)
+                rkey = key_for(rkind)
+                if not own[rkind]:
+                    add(rkey, ref)
+                if rkind is dict or rkind is tuple or rkind.__name__ == "ndarray":
+                    for inner in _inner_untracked(ref):  # untracked containers, a view's base
+                        if id(inner) not in untracked_seen:
+                            untracked_seen.add(id(inner))
+                            ikind = type(inner)
+                            ikey = key_for(ikind)
+                            if not own[ikind]:
+                                add(ikey, inner)
+        obj = ref = inner = None
         count_s = time.perf_counter() - started - scan_s
         if previous is not None and explain > 0:
             growing = growing_types([previous, {"closed": closed, "counts": counts}])
@@ -295,6 +316,24 @@ def census_job(
         "closed": closed, "counts": counts, "objects": n_objects, "tracked": tracked, "garbage": garbage,
         "scan_s": round(scan_s, 3), "count_s": round(count_s, 3), "explained": explained,
     }
+
+
+def _inner_untracked(ref: object) -> list[Any]:
+    """ What an untracked object holds that the collector cannot see: the
+    contents of an untracked dict or tuple, the base arrays of an array. """
+    kind = type(ref)
+    if kind is dict or kind is tuple:
+        return _untracked_referents(ref)
+    out = []
+    array: Any = ref
+    for _ in range(8):
+        if not (type(array).__name__ == "ndarray" and type(array).__module__ == "numpy"):
+            break
+        array = array.base
+        if array is None or gc.is_tracked(array):
+            break
+        out.append(array)
+    return out
 
 
 def _untracked_referents(obj: object) -> list[Any]:

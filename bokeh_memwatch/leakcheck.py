@@ -331,7 +331,8 @@ class LeakCheck:
         if grown:  # the census names what RSS grows with
             advice = [a for a in advice if a.get("id") != "rss-grows-untracked"]
         advice = [*grown, *advice]
-        chains = [*chains, *census_chains(census_report)]
+        if judge(rounds) == "clean":  # the census is the only evidence: its holders are the chains
+            chains = [*chains, *census_chains(census_report)]
         errors = self.errors(app_path, opts.sessions * opts.rounds)
         return {
             "app": app_path,

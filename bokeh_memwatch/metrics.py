@@ -94,6 +94,11 @@ METRIC_NAMES: tuple[str, ...] = (
     PREFIX + "limit_reports_total",
     PREFIX + "history_dropped_samples_total",
     PREFIX + "build_info",
+    # the census (census.py)
+    PREFIX + "census_runs_total",
+    PREFIX + "census_growing_types",
+    PREFIX + "census_type_growth_per_session",
+    PREFIX + "census_type_growth_bytes_per_session",
 )
 
 

@@ -7,6 +7,7 @@ import asyncio
 import functools
 import gc
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,10 @@ import pytest
 from bokeh_memwatch import chains
 from bokeh_memwatch.advice import census_advice
 from bokeh_memwatch.census import CensusManager, CensusUnavailable, census_job, growing_types, is_generic
+from bokeh_memwatch.core import MemWatch
 from bokeh_memwatch.heapwork import HeapWorker
 
-from .conftest import api, free_port, http, wait_until
+from .conftest import api, free_port, http, open_and_close_sessions, script_app, wait_until
 from .test_panel_plugin import ENV, open_pages, panel_argv
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the census needs os.fork")
@@ -196,3 +198,24 @@ def test_live_server_census_api_metrics_advice_dashboard(run_command) -> None:
     assert "api/census" in listed
     status, _, page = http("GET", f"{server.url}/memwatch")
     assert status == 200 and b"census_table" in (page if isinstance(page, bytes) else str(page).encode())
+
+
+def test_scheduled_census_runs_only_after_sessions_closed(serve) -> None:
+    memwatch = MemWatch(interval_ms=100, orphan_grace_ms=0, census_interval_s=0.3, census_min_interval_s=0)
+    server = serve({"/clean": script_app("clean")}, memwatch=memwatch,
+                   check_unused_sessions_milliseconds=100, unused_session_lifetime_milliseconds=100)
+    census = memwatch.census
+    assert census is not None
+    # Nothing closed yet: the first tick takes the first census (a starting point), then none.
+    wait_until(lambda: census.runs_total >= 1, what="first scheduled census")
+    runs = census.runs_total
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert census.runs_total == runs, "a census ran with no session closed since the last"
+        time.sleep(0.1)
+    open_and_close_sessions(server.url + "/clean", 2)
+    wait_until(lambda: memwatch.tracker.destroyed_total >= 2, what="sessions destroyed")
+    wait_until(lambda: census.runs_total > runs, what="a census after sessions closed")
+    state = server.call(census.state)
+    assert state["censuses"] >= 2 and state["closed_between"] >= 2
+    assert state["growing"] == []  # a clean app

@@ -122,7 +122,9 @@ def advise(
         summary: ``MemWatch.summary()`` (uses ``apps`` and ``server``).
         sessions: live session rows (``MemWatch.sessions()``).
         retained: destroyed sessions still holding something (the rows of
-            ``MemWatch.orphans()``; ``pending`` rows are ignored).
+            ``MemWatch.orphans()``); only proven leaks count (``status``
+            ``orphan`` or ``models_retained``): sessions pending, held by
+            timers or awaiting collection are not leaks (yet).
         history: samples, oldest first (``MemWatch.history()``).
         cleanup_hooks: per app, ``{"sessions", "with_hooks"}``: how many
             sessions were seen and how many had an ``on_session_destroyed``
@@ -136,7 +138,7 @@ def advise(
     apps: Mapping[str, Mapping[str, Any]] = summary.get("apps") or {}
     hooks = cleanup_hooks or {}
     measured = rounds or {}
-    held = [r for r in retained if r.get("status") != "pending"]
+    held = [r for r in retained if r.get("status") in PROVEN]
     names = sorted(set(apps) | {str(r.get("app")) for r in held} | set(measured))
     out: list[dict[str, Any]] = []
     out += _lingering_sessions(server, sessions, measured)
@@ -193,17 +195,19 @@ def _lingering_sessions(
 
 
 def _orphans(app: str, counts: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    documents = sum(1 for r in rows if r.get("document_alive")) or _int(counts, "orphans")
+    documents = sum(1 for r in rows if r.get("status") == "orphan") or _int(counts, "orphans")
     if not documents:
         return []
     live = _int(counts, "sessions")
+    how = _how_proven(rows)
     if live == 0:
         title = "Sessions at 0 while Documents stay alive"
         evidence = (f"{app} has no live session but {documents} Document(s) outlived their sessions "
-                    f"(orphans).")
+                    f"(orphans: {how}).")
     else:
         title = "Documents outlive their sessions"
-        evidence = f"{app}: {documents} Document(s) alive after their sessions were destroyed, {live} live session(s)."
+        evidence = (f"{app}: {documents} Document(s) alive after their sessions were destroyed ({how}), "
+                    f"{live} live session(s).")
     return [_item(
         "documents-outlive-sessions", "error", title, evidence,
         "Something outside the session refers to the Document: a module-level list or dict, a thread, "
@@ -215,11 +219,22 @@ def _orphans(app: str, counts: Mapping[str, Any], rows: Sequence[Mapping[str, An
     )]
 
 
+#: Row states that are leaks (see ``tracker.STATES``).
+PROVEN = ("orphan", "models_retained")
+
+
+def _how_proven(rows: Sequence[Mapping[str, Any]]) -> str:
+    """ How the verdict of these rows was reached, for an evidence line. """
+    if rows and all(r.get("verified_by") == "reachability_scan" for r in rows):
+        return "proven reachable from a root by a scan of a forked copy of the heap, no collection needed"
+    return "alive after a full garbage collection since their sessions were destroyed"
+
+
 def _models_without_document(app: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    detached = [r for r in rows if not r.get("document_alive") and _int(r, "models")]
+    detached = [r for r in rows if r.get("status") == "models_retained"]
     if not detached:
         return []
-    models = sum(_int(r, "models") for r in detached)
+    models = sum(_int(r, "models_proven") or _int(r, "models") for r in detached)
     types: dict[str, int] = {}
     for r in detached:
         for name, n in (r.get("model_types") or {}).items():
@@ -228,8 +243,8 @@ def _models_without_document(app: str, rows: Sequence[Mapping[str, Any]]) -> lis
     return [_item(
         "models-outlive-documents", "error",
         "Models (and their data) outlive their Document",
-        f"{app}: {models} Model(s) of {len(detached)} destroyed session(s) still alive without their "
-        f"Document ({top}).",
+        f"{app}: {models} Model(s) of {len(detached)} destroyed session(s) retained without their "
+        f"Document ({top}; {_how_proven(detached)}).",
         "The Document was freed but its Models were not: typical of Panel and HoloViews, which detach "
         "Models on cleanup, when a callback of a session is registered on something shared "
         "(param.watch / pn.depends on a module-level widget, opts(hooks=...), pn.state.cache). Create "

@@ -46,7 +46,8 @@ __all__ = (
 #: What ``summary.workers`` shows of each worker.
 WORKER_FIELDS = (
     "rss_bytes", "traced_bytes", "sessions", "connections", "documents", "models", "data_bytes",
-    "orphans", "pending_orphans", "models_retained", "sessions_created_total", "sessions_destroyed_total",
+    "orphans", "pending_orphans", "held_by_timers", "awaiting_collection", "models_retained",
+    "sessions_created_total", "sessions_destroyed_total",
     "memory_limit_bytes",
 )
 

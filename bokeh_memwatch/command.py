@@ -89,8 +89,8 @@ class MemwatchServe(Serve):
         )),
         ("--memwatch-orphan-grace", Argument(
             metavar="MS", type=int, default=None,
-            help="How long a Document may outlive its session before it counts as an orphan "
-                 f"(default: {_DEFAULTS.orphan_grace_ms})",
+            help="How long a destroyed session's Document and Models may stay alive before they are "
+                 f"verified (pending until then; default: {_DEFAULTS.orphan_grace_ms})",
         )),
         ("--memwatch-chain-timeout", Argument(
             metavar="SECONDS", type=float, default=None,

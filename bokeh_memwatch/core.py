@@ -506,11 +506,13 @@ class MemWatch:
         if not self.heap_worker.forks:
             self.tracker.exact = False
             return self.verification_state()
+        loop_started = time.perf_counter()
         groups = self.tracker.verification_groups(include_proven=include_proven)
         if not groups:
             return self.verification_state()
         pid = os.getpid()
         started = time.time()
+        prepare_s = time.perf_counter() - loop_started
         try:
             result = await self.heap_worker.run(
                 lambda: verification_job(groups, pid), timeout_s=self.options.verify_timeout_s,
@@ -527,7 +529,10 @@ class MemWatch:
             log.warning("memwatch: verification of destroyed sessions failed: %s", e)
             return self.verification_state()
         value = result.value
+        apply_started = time.perf_counter()
         changed = self.tracker.apply_verification(value, verified_at=started)
+        # What the loop paid: choosing the records, the fork, applying the answer.
+        loop_s = prepare_s + (result.fork_s or 0.0) + time.perf_counter() - apply_started
         self.verification.update({
             "runs": int(self.verification.get("runs", 0)) + 1,
             "last_at": started,
@@ -536,6 +541,7 @@ class MemWatch:
             "last_changed": changed,
             "last_objects": value.get("objects"),
             "last_scan_s": value.get("scan_s"),
+            "last_loop_ms": round(loop_s * 1000, 3),
             **{f"last_{k}": v for k, v in result.costs().items()},
         })
         return self.verification_state()

@@ -281,7 +281,8 @@
     stat("stat_documents", fmtInt(s.documents), s.documents > s.sessions ? "mw-warn" : "");
     stat("stat_orphans", fmtInt(s.orphans), s.orphans > 0 ? "mw-bad" : "mw-ok");
     stat("stat_retained", fmtInt(s.models_retained), s.models_retained > 0 ? "mw-bad" : "mw-ok");
-    stat("stat_pending", fmtInt(s.pending_orphans), s.pending_orphans > 0 ? "mw-warn" : "");
+    var unjudged = (s.pending_orphans || 0) + (s.held_by_timers || 0);
+    stat("stat_pending", fmtInt(unjudged), unjudged > 0 ? "mw-warn" : "");
 
     var rows = Object.keys(s.apps || {}).sort().map(function (app) {
       var a = s.apps[app];
@@ -326,17 +327,30 @@
     }
     if (s.orphans > 0) {
       parts.push("<span class='mw-bad'>" + fmtInt(s.orphans) + " orphaned Document" + (s.orphans === 1 ? "" : "s") +
-        ": closed sessions whose Document something still holds (see Orphans, “Why alive?”)</span>");
+        ": closed sessions whose Document is proven reachable from a root (see Orphans, “Why alive?”)</span>");
     } else {
       parts.push("<span class='mw-ok'>no orphaned Documents</span>");
     }
     if (s.models_retained > 0) {
       parts.push("<span class='mw-bad'>" + fmtInt(s.models_retained) +
-        " closed session(s) still hold Models without their Document</span>");
+        " Model(s) of closed sessions proven retained without their Document</span>");
     }
     if (s.pending_orphans > 0) {
       parts.push("<span class='mw-warn'>" + fmtInt(s.pending_orphans) +
-        " closed session(s) not yet freed (within the grace period or before the next full gc)</span>");
+        " closed session(s) not judged yet (grace period, verification to come)</span>");
+    }
+    if (s.held_by_timers > 0) {
+      parts.push("<span class='mw-warn'>" + fmtInt(s.held_by_timers) +
+        " closed session(s) held only by scheduled callbacks, verified again when those are due</span>");
+    }
+    if (s.awaiting_collection > 0) {
+      parts.push("<span class='mw-muted'>" + fmtInt(s.awaiting_collection) +
+        " closed session(s) are garbage Python's next full collection frees (not leaks)</span>");
+    }
+    var v = s.verification || {};
+    if (v.technique && v.technique !== "reachability_scan") {
+      parts.push("<span class='mw-warn'>verdicts from the collector's schedule (no fork here): " +
+        "alive after a full collection since the destroy</span>");
     }
     setText("verdict", parts.join(" · "));
   }
@@ -349,10 +363,12 @@
   }
 
   function renderOrphans(data) {
-    var rows = (data.orphans || []).concat(data.retained_models || []);
+    var rows = (data.orphans || []).concat(data.retained_models || [], data.held_by_timers || []);
     var out = {
       kind: rows.map(function (r) {
-        return r.status === "orphan" ? "Document (orphan)" : "Models only (Document freed)";
+        if (r.status === "orphan") return "Document (orphan)";
+        if (r.status === "models_retained") return "Models only (Document gone)";
+        return r.document_alive ? "Document (held by a timer)" : "Models (held by a timer)";
       }),
       app: rows.map(function (r) { return r.app; }),
       session_id: rows.map(function (r) { return r.session_id; }),
@@ -360,14 +376,20 @@
         return r.destroyed_at ? new Date(r.destroyed_at * 1000).toLocaleTimeString() : "";
       }),
       ago_s: rows.map(function (r) { return r.seconds_since_destroyed; }),
-      models: rows.map(function (r) { return r.models; }),
+      models: rows.map(function (r) { return r.status === "models_retained" ? r.models_proven : r.models; }),
       data_mb: rows.map(function (r) { return r.data_bytes / MB; }),
-      status: rows.map(function (r) { return r.status; }),
+      status: rows.map(function (r) {
+        if (r.status === "held_until" && r.held_until) {
+          return "held until " + new Date(r.held_until * 1000).toLocaleTimeString();
+        }
+        return r.status + (r.verified_by === "reachability_scan" ? " (proven)" : "");
+      }),
     };
     setData("orphans_source", out, "session_id");
-    var pending = (data.pending || []).length;
-    var empty = rows.length ? "" : "No orphans: every closed session was freed." +
-      (pending ? " (" + pending + " closed session(s) still pending)" : "");
+    var pending = (data.pending || []).length, awaiting = (data.awaiting_collection || []).length;
+    var empty = rows.length ? "" : "No orphans: no closed session is proven to hold anything." +
+      (pending ? " (" + pending + " closed session(s) not judged yet)" : "") +
+      (awaiting ? " (" + awaiting + " awaiting Python's next full collection: garbage, not leaks)" : "");
     setText("orphans_empty", empty);
     var why = model("why_alive");
     if (why && why.disabled !== (rows.length === 0)) why.disabled = rows.length === 0;

@@ -205,9 +205,9 @@ def _timeline_plots() -> list[LayoutDOM]:
                     tools=tools, toolbar_location="right")
     lines = [
         ("live sessions", "sessions", "#2ca02c", "solid"),
-        ("live Documents", "documents", "#1f77b4", "solid"),
+        ("alive Documents", "documents", "#1f77b4", "solid"),
         ("orphaned Documents", "orphans", "#d62728", "solid"),
-        ("sessions with retained Models", "models_retained", "#9467bd", "dashed"),
+        ("Models retained without their Document", "models_retained", "#9467bd", "dashed"),
     ]
     for label, field, color, dash in lines:
         counts.step(x="t", y=field, source=source, line_width=2, color=color, line_dash=dash, mode="after",
@@ -257,8 +257,9 @@ def build_layout(poll_ms: int) -> LayoutDOM:
     verdict = Div(name="verdict", text="", sizing_mode="stretch_width", css_classes=["mw-verdict"])
     stats = row(
         _stat("stat_rss", "RSS (MB)"), _stat("stat_traced", "traced (MB)"), _stat("stat_sessions", "live sessions"),
-        _stat("stat_documents", "live Documents"), _stat("stat_orphans", "orphaned Documents"),
-        _stat("stat_retained", "sessions with retained Models"), _stat("stat_pending", "pending orphans"),
+        _stat("stat_documents", "alive Documents"), _stat("stat_orphans", "orphaned Documents (proven)"),
+        _stat("stat_retained", "Models retained without their Document"),
+        _stat("stat_pending", "closed sessions not judged yet"),
         sizing_mode="stretch_width",
     )
     window = RadioButtonGroup(name="window", labels=[label for label, _ in WINDOWS_S], active=0)
@@ -267,7 +268,7 @@ def build_layout(poll_ms: int) -> LayoutDOM:
     _, apps_table = _table("apps", [
         _text("app", "app", 160), _int("sessions", "live sessions"), _int("connections", "connections"),
         _int("documents", "Documents"), _int("models", "Models"), _mb("data_mb", "data (MB)"),
-        _int("orphans", "orphans"), _int("models_retained", "retained Models"),
+        _int("orphans", "orphans"), _int("models_retained", "Models w/o Document"),
     ], ("app", "sessions", "connections", "documents", "models", "data_mb", "orphans", "models_retained"))
 
     _, sessions_table = _table("sessions", [
@@ -280,7 +281,7 @@ def build_layout(poll_ms: int) -> LayoutDOM:
     _, orphans_table = _table("orphans", [
         _text("kind", "what is alive", 190), _text("app", "app", 110), _text("session_id", "session", 300),
         _text("destroyed", "session destroyed at", 140), _duration("ago_s", "ago (h:mm:ss)", 90),
-        _int("models", "Models"), _mb("data_mb", "data (MB)"), _text("status", "status", 120),
+        _int("models", "Models"), _mb("data_mb", "data (MB)"), _text("status", "status", 170),
     ], ("kind", "app", "session_id", "destroyed", "ago_s", "models", "data_mb", "status"))
     why = Button(name="why_alive", label="Why alive? (selected row, else the first)", button_type="warning",
                  width=300)

@@ -10,9 +10,12 @@ rounds of N sessions, the way browser tabs come and go:
   HTTP GETs of the page (a session Bokeh creates and, never connected,
   discards after ``--unused-session-lifetime``);
 
-then waits until Bokeh destroyed every session, collects garbage and counts
-what the destroyed sessions still hold (Documents, Models, bytes in
-ColumnDataSources) and the process RSS.  Comparing the rounds tells a
+then waits until Bokeh destroyed every session and memwatch has judged every
+destroyed session (no ``pending`` or ``held_until`` state left: a session
+held by a timer is verified again once the timer is due), and counts what
+the proven leaks hold (orphan Documents, Models retained without their
+Document, bytes in ColumnDataSources) and the process RSS.  Garbage awaiting
+Python's next collection is not a leak and is not counted.  Comparing the rounds tells a
 growing leak (retention grows with the number of sessions) from a bounded
 one (a "last session" slot), see :func:`judge`.  Finally it asks memwatch
 why the retained objects are alive (the reference chain to their holder),
@@ -45,6 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .advice import census_advice, format_bytes, grows
 from .census import CensusManager
 from .collectors import ProcessCollector
+from .tracker import TIMER_MARGIN_S
 
 if TYPE_CHECKING:
     from bokeh.application import Application
@@ -67,6 +71,14 @@ __all__ = (
 )
 
 T = TypeVar("T")
+
+#: States of a destroyed session that count as a leak (proven), and those
+#: not judged yet (see ``tracker.STATES``).
+LEAK_STATES = ("orphan", "models_retained")
+UNJUDGED = ("pending", "held_until")
+
+#: Longest wait for destroyed sessions to be judged (timers holding them due).
+MAX_JUDGE_WAIT_S = 600.0
 
 #: Verdicts, best first.
 VERDICTS = ("clean", "bounded", "leak")
@@ -340,7 +352,7 @@ class LeakCheck:
             "passed": passes(verdict, rounds, opts.tolerance),
             "sessions": closed,
             "documents_retained": int(last["documents"]),
-            "models_retained": int(last["models"]),
+            "models_retained": int(last.get("models_without_document", last["models"])),
             "data_bytes_retained": int(last["data_bytes"]),
             "holding_sessions": int(last["holding_sessions"]),
             "model_types": last["model_types"],
@@ -511,8 +523,11 @@ class LeakCheck:
         return 3 * (lifetime_ms + check_ms) / 1000 + 10
 
     def settle(self, app_path: str) -> dict[str, Any]:
-        """ Wait until Bokeh destroyed the app's sessions, then collect
-        garbage until no destroyed session is ``pending``. """
+        """ Wait until Bokeh destroyed the app's sessions, then until every
+        destroyed session is judged: verifications (reachability scans in a
+        forked child, see :meth:`MemWatch.verify_destroyed`) until none is
+        ``pending`` or ``held_until``, waiting for holding timers to be due;
+        bounded by the settle timeout. """
         deadline = time.monotonic() + self._timeout_s()
         max_unused_ms = 0.0
         timed_out = False
@@ -527,17 +542,36 @@ class LeakCheck:
                 log.warning("memwatch check: %d session(s) of %s not destroyed in time", len(live), app_path)
                 break
             time.sleep(0.05)
-        grace_deadline = time.monotonic() + self.memwatch.options.orphan_grace_ms / 1000 + 5
+        # One collection frees what is garbage already (smaller scans, a
+        # steadier RSS); the verdicts do not depend on it.
+        self.call(gc.collect)
+        options = self.memwatch.options
+        started = time.monotonic()
+        base_deadline = started + options.orphan_grace_ms / 1000 + self._timeout_s()
+        verify_timeout_s = options.verify_timeout_s + 10
+        unjudged: list[dict[str, Any]] = []
         while True:
-            self.call(gc.collect)
-            time.sleep(0.05)  # let cleanups the loop schedules after a destroy run
-            self.call(gc.collect)
+            self.wait_coroutine(self.memwatch.verify_destroyed, verify_timeout_s)
             rows = self._rows(app_path)
-            if not any(r["status"] == "pending" for r in rows) or time.monotonic() > grace_deadline:
+            unjudged = [r for r in rows if r["status"] in UNJUDGED]
+            # A session held by a timer is judged once the timer is due (and
+            # one more verification ran), however long that is, up to a bound.
+            held_until = max((float(r["held_until"]) for r in unjudged if r.get("held_until") is not None),
+                             default=0.0)
+            deadline = min(max(base_deadline, time.monotonic() + held_until - time.time() + 2 * TIMER_MARGIN_S + 10),
+                           started + MAX_JUDGE_WAIT_S)
+            if not unjudged or time.monotonic() > deadline:
                 break
-            time.sleep(0.1)
+            # Until the next verification can decide: a grace period or a
+            # holding timer due (verify_destroyed re-checks only what is due).
+            dues = [float(r["held_until"]) + TIMER_MARGIN_S - time.time()
+                    for r in unjudged if r["status"] == "held_until" and r.get("held_until") is not None]
+            time.sleep(min(1.0, max(0.05, min(dues, default=0.1))))
+        if unjudged:
+            log.warning("memwatch check: %d destroyed session(s) of %s not judged in time", len(unjudged), app_path)
         return {"max_unused_ms": round(max_unused_ms, 1), "settle_timed_out": timed_out,
-                "live_sessions_left": len(live)}
+                "live_sessions_left": len(live), "unjudged": len(unjudged),
+                "verified_by": self.memwatch.verification_state()["technique"]}
 
     def _rows(self, app_path: str) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:
@@ -548,7 +582,9 @@ class LeakCheck:
         return self.call(read)
 
     def _settled_rows(self, app_path: str) -> list[dict[str, Any]]:
-        return [r for r in self._rows(app_path) if r["status"] != "pending"]
+        """ The app's proven leaks: orphans and Models retained without
+        their Document (the one definition; see ``tracker.STATES``). """
+        return [r for r in self._rows(app_path) if r["status"] in LEAK_STATES]
 
     def measure(self, app_path: str, number: int, opened: Mapping[str, int],
                 settle: Mapping[str, Any]) -> dict[str, Any]:
@@ -561,8 +597,10 @@ class LeakCheck:
             "sessions_opened": dict(opened),
             "sessions_closed_total": self.options.sessions * number,
             "holding_sessions": len(rows),
-            "documents": sum(1 for r in rows if r.get("document_alive")),
+            "documents": sum(1 for r in rows if r["status"] == "orphan"),
             "models": sum(int(r.get("models") or 0) for r in rows),
+            "models_without_document": sum(int(r.get("models_proven") or r.get("models") or 0)
+                                           for r in rows if r["status"] == "models_retained"),
             "data_bytes": sum(int(r.get("data_bytes") or 0) for r in rows),
             "model_types": dict(types.most_common(10)),
             "rss_bytes": self._rss(),

@@ -6,8 +6,12 @@ uses it.  ::
 
     def test_app_does_not_leak(memwatch_leak_check):
         report = memwatch_leak_check("app.py", sessions=20)
-        report.assert_no_orphans()     # no Document outlives its session
+        report.assert_no_orphans()     # no Document proven to outlive its session
         report.assert_clean()          # nor any Model; retention does not grow
+
+Verdicts are memwatch's (see the README, "How it decides"): a Document or
+Model counts only when proven reachable from a root; one held by a timer
+counts only if still held once the timer was due.
 
 The fixture serves the app on a free loopback port in a background thread
 with memwatch mounted (:class:`bokeh_memwatch.testing.ServerThread`), runs
@@ -60,10 +64,10 @@ class LeakReport:
         return render_text(self.data)
 
     def assert_no_orphans(self) -> None:
-        """ No Document outlived its session. """
+        """ No Document outlived its session (proven orphans). """
         if self.documents_retained:
             raise AssertionError(
-                f"{self.documents_retained} Document(s) outlived their sessions "
+                f"{self.documents_retained} Document(s) outlived their sessions (orphans) "
                 f"({self.sessions} sessions opened and closed)\n{self.text()}"
             )
 
@@ -73,8 +77,9 @@ class LeakReport:
         application type grows with closed sessions (census). """
         if not self.passed:
             raise AssertionError(
-                f"{self.verdict}: {self.documents_retained} Document(s) and {self.models_retained} Model(s) "
-                f"outlived their sessions ({self.sessions} sessions opened and closed)\n{self.text()}"
+                f"{self.verdict}: {self.documents_retained} orphan Document(s) and {self.models_retained} "
+                f"Model(s) retained without their Document outlived their sessions "
+                f"({self.sessions} sessions opened and closed)\n{self.text()}"
             )
 
     def __repr__(self) -> str:

@@ -61,7 +61,7 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -248,39 +248,33 @@ def scan_heap(*, frozen: bool = True, timers: Iterable[type] | None = None) -> I
         del objs
 
 
+#: Objects passed to one ``gc.get_referents`` call (it takes many at once:
+#: one call per batch instead of one per object).
+_BATCH = 4096
+
+
 def _mark(heap: Heap, objs: list[Any], bias: int, timer_set: frozenset[type]) -> None:
     # Step 1 first, before any other reference to the objects exists.
-    gc_refs = _refcounts(objs)
+    gc_refs = [count - bias for count in _refcounts(objs)]
     n = len(objs)
     index = heap.index = {id(objs[i]): i for i in range(n)}
+    get = index.get
     get_referents = gc.get_referents
-    # Step 2: subtract references between tracked objects.
-    for i in range(n):
-        for r in get_referents(objs[i]):
-            j = index.get(id(r))
+    # Step 2: subtract references between tracked objects (every reference
+    # tp_traverse visits counts once, as in subtract_refs).
+    for k in range(0, n, _BATCH):
+        for j in map(get, map(id, get_referents(*objs[k:k + _BATCH]))):
             if j is not None:
                 gc_refs[j] -= 1
-        gc_refs[i] -= bias
     # Step 3a: mark from the roots, not following references out of timers.
     marked = bytearray(n)
-    stack = [i for i in range(n) if gc_refs[i] > 0]
-    heap.roots = len(stack)
+    roots = [i for i in range(n) if gc_refs[i] > 0]
+    heap.roots = len(roots)
     del gc_refs
-    for i in stack:
+    for i in roots:
         marked[i] = 1
     timer_positions: list[int] = []
-    while stack:
-        i = stack.pop()
-        obj = objs[i]
-        if type(obj) in timer_set:
-            timer_positions.append(i)
-            continue
-        for r in get_referents(obj):
-            j = index.get(id(r))
-            if j is not None and not marked[j]:
-                marked[j] = 1
-                stack.append(j)
-        del obj
+    _spread(objs, get, marked, roots, stop_at=timer_set, stopped=timer_positions, label=None)
     heap.reachable_without_timers = bytearray(marked)
     heap.timers = len(timer_positions)
     # Step 3b: on from the timers, latest due first, so what a timer reaches
@@ -288,18 +282,42 @@ def _mark(heap: Heap, objs: list[Any], bias: int, timer_set: frozenset[type]) ->
     offset = time.time() - time.monotonic()
     dues = [(_due(objs[i], offset), i) for i in timer_positions]
     dues.sort(key=lambda pair: float("inf") if pair[0] is None else pair[0], reverse=True)
-    held_until = heap.held_until
     for due, t in dues:
-        stack = [t]
-        while stack:
-            i = stack.pop()
-            for r in get_referents(objs[i]):
-                j = index.get(id(r))
+        _spread(objs, get, marked, [t], stop_at=frozenset(), stopped=[], label=(heap.held_until, due))
+    heap.reachable = marked
+
+
+def _spread(
+    objs: list[Any],
+    get: Callable[[int], int | None],
+    marked: bytearray,
+    frontier: list[int],
+    *,
+    stop_at: frozenset[type],
+    stopped: list[int],
+    label: tuple[dict[int, float | None], float | None] | None,
+) -> None:
+    """ Mark everything reachable from ``frontier`` (marked already), level
+    by level, not following references out of objects whose exact type is
+    in ``stop_at`` (their positions go to ``stopped``); with ``label``
+    ``(held_until, due)``, record ``due`` for every newly marked position. """
+    get_referents = gc.get_referents
+    while frontier:
+        batch = [objs[i] for i in frontier if type(objs[i]) not in stop_at]
+        if stop_at:
+            stopped.extend(i for i in frontier if type(objs[i]) in stop_at)
+        found: list[int] = []
+        for k in range(0, len(batch), _BATCH):
+            for j in map(get, map(id, get_referents(*batch[k:k + _BATCH]))):
                 if j is not None and not marked[j]:
                     marked[j] = 1
-                    held_until[j] = due
-                    stack.append(j)
-    heap.reachable = marked
+                    found.append(j)
+        del batch
+        if label is not None:
+            held_until, due = label
+            for j in found:
+                held_until[j] = due
+        frontier = found
 
 
 def _due(handle: Any, offset: float) -> float | None:

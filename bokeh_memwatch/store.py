@@ -46,6 +46,8 @@ PROCESS_FIELDS: tuple[str, ...] = (
     "data_bytes",
     "orphans",
     "pending_orphans",
+    "held_by_timers",
+    "awaiting_collection",
     "models_retained",
     "sessions_created_total",
     "sessions_destroyed_total",
@@ -70,6 +72,7 @@ APP_FIELDS: tuple[str, ...] = (
 COUNT_FIELDS: frozenset[str] = frozenset({
     "gc_gen0", "gc_gen1", "gc_gen2", "gc_collections_gen2", "sessions", "connected", "unused",
     "connections", "documents", "models", "orphans", "pending_orphans", "models_retained", "errors",
+    "held_by_timers", "awaiting_collection",
 })
 
 #: Applications with history columns of their own; more are counted in the

@@ -219,11 +219,13 @@ def json_body(handler: JSONHandler) -> dict[str, Any]:
 ENDPOINTS: list[dict[str, str]] = [
     {"method": "GET", "path": "api/", "purpose": "this list"},
     {"method": "GET", "path": "api/summary",
-     "purpose": "pid, RSS, sessions, Documents, Models, orphans, per-app counts, sampler and server settings"},
+     "purpose": "pid, RSS, sessions, Documents, Models, orphans (proven) and the other states of destroyed "
+                "sessions, how verdicts are reached (verification), per-app counts, sampler and server settings"},
     {"method": "GET", "path": "api/sessions?app=",
      "purpose": "live sessions, heaviest first: id, app, connections, age, models, data_bytes"},
     {"method": "GET", "path": "api/orphans",
-     "purpose": "destroyed sessions whose Document (orphans) or Models (retained_models) are still alive"},
+     "purpose": "destroyed sessions still holding something, by state: orphans and retained_models (proven "
+                "leaks), held_by_timers (with held_until), awaiting_collection (garbage), pending"},
     {"method": "POST", "path": "api/orphans/<session_id>/chain",
      "purpose": "why alive: search the reference chain from a root to the orphan (in a forked child)"},
     {"method": "GET", "path": "api/orphans/<session_id>/chain",

@@ -78,7 +78,8 @@ def test_scrape_after_a_leak_matches_the_api(serve, tmp_path: Path) -> None:
             one(families, f"bokeh_memwatch_{metric}", pid=pid) == summary[key]
             for metric, key in [("orphans", "orphans"), ("sessions", "sessions"), ("documents", "documents"),
                                 ("models", "models"), ("retained_models", "models_retained"),
-                                ("data_bytes", "data_bytes")]
+                                ("data_bytes", "data_bytes"), ("pending_orphans", "pending_orphans"),
+                                ("held_by_timers", "held_by_timers"), ("awaiting_collection", "awaiting_collection")]
         )
         return (families, summary) if same else None
 

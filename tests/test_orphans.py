@@ -133,7 +133,9 @@ def test_per_model_work_runs_in_its_own_callback(serve) -> None:
     # The sampler's tick counts; the per-Model figures (bytes in each source)
     # are refreshed by a separate callback right after it, within the budget.
     mw = MemWatch(interval_ms=100, orphan_grace_ms=0)
-    server = serve({"/app": script_app("clean")}, memwatch=mw)
+    # Sessions kept live: the bytes must be those of live sessions (destroyed
+    # ones' garbage awaits collection and is not counted).
+    server = serve({"/app": script_app("clean")}, memwatch=mw, unused_session_lifetime_milliseconds=60_000)
     for _ in range(3):
         with urllib.request.urlopen(server.url + "/app", timeout=30) as response:
             response.read()

@@ -30,6 +30,7 @@ This module imports neither tornado nor bokeh at import time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import itertools
@@ -80,6 +81,9 @@ MAX_GROWING = 60
 
 #: Censuses a live server keeps.
 MAX_POINTS = 8
+
+#: Niceness added to the census child (a lower CPU priority than the server).
+CHILD_NICENESS = 10
 
 #: Longest wait for the heap worker to finish another job, in seconds.
 BUSY_WAIT_S = 30.0
@@ -225,6 +229,9 @@ def census_job(
 
     if os.getpid() == parent_pid:
         raise NotFrozen("the census must run in a forked child, not in the server process")
+    # Seconds of CPU: let the server's own process have the CPU first.
+    with contextlib.suppress(OSError):
+        os.nice(CHILD_NICENESS)
     started = time.perf_counter()
     counts: dict[str, list[int]] = {}
     untracked_seen: set[int] = set()

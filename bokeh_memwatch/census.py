@@ -82,6 +82,9 @@ MAX_GROWING = 60
 #: Censuses a live server keeps.
 MAX_POINTS = 8
 
+#: Untracked atoms: generic (never a verdict), too many to count one by one.
+_ATOMS = frozenset({str, int, float, bool, bytes, complex, type(None), type(Ellipsis), range, slice})
+
 #: Niceness added to the census child (a lower CPU priority than the server).
 CHILD_NICENESS = 10
 
@@ -254,6 +257,17 @@ def census_job(
     python_sizeof: dict[type, bool] = {}
     is_tracked = gc.is_tracked
     get_referents = gc.get_referents
+    getsizeof = sys.getsizeof
+    object_sizeof = object.__sizeof__
+    # Per tracked type: [count, bytes, 1 if its __sizeof__ is Python code
+    # (then the base size is taken), 0 if C, -1 if memwatch's own type].
+    by_type: dict[type, list[int]] = {}
+
+    def new_row(kind: type) -> list[int]:
+        key_for(kind)  # (sets own[kind])
+        if own[kind]:
+            return [0, 0, -1]
+        return [0, 0, 1 if isinstance(getattr(kind, "__sizeof__", None), types.FunctionType) else 0]
 
     def add(key: str, obj: object) -> None:
         row = counts.get(key)
@@ -271,31 +285,36 @@ def census_job(
                 continue
             obj = objects[i]
             kind = type(obj)
-            key = key_for(kind)
-            if own[kind]:
+            row = by_type.get(kind)
+            if row is None:
+                row = by_type[kind] = new_row(kind)
+            if row[2] < 0:  # memwatch's own
                 continue
             tracked += 1
-            add(key, obj)
-            # Untracked objects (arrays, strings, numbers) are counted once,
-            # through the survivors that refer to them.  (A fast check first:
-            # most referents are tracked.)
+            row[0] += 1
+            row[1] += object_sizeof(obj) if row[2] else getsizeof(obj)
+            # Untracked objects (arrays, extension objects) are counted once,
+            # through the survivors that refer to them; atoms (str, int...)
+            # are generic and skipped without bookkeeping.
             for ref in get_referents(obj):
-                if is_tracked(ref) or id(ref) in untracked_seen:
+                rkind = type(ref)
+                if rkind in _ATOMS or is_tracked(ref) or id(ref) in untracked_seen:
                     continue
                 untracked_seen.add(id(ref))
-                rkind = type(ref)
-                rkey = key_for(rkind)
-                if not own[rkind]:
-                    add(rkey, ref)
+                add(key_for(rkind), ref)
                 if rkind is dict or rkind is tuple or rkind.__name__ == "ndarray":
                     for inner in _inner_untracked(ref):  # untracked containers, a view's base
-                        if id(inner) not in untracked_seen:
+                        ikind = type(inner)
+                        if ikind not in _ATOMS and id(inner) not in untracked_seen:
                             untracked_seen.add(id(inner))
-                            ikind = type(inner)
-                            ikey = key_for(ikind)
-                            if not own[ikind]:
-                                add(ikey, inner)
-        obj = ref = inner = None
+                            add(key_for(ikind), inner)
+        for kind, row in by_type.items():
+            if row[2] >= 0 and row[0]:
+                merged = counts.setdefault(key_for(kind), [0, 0])
+                merged[0] += row[0]
+                merged[1] += row[1]
+        by_type.clear()
+        obj = ref = inner = row = None
         count_s = time.perf_counter() - started - scan_s
         if previous is not None and explain > 0:
             growing = growing_types([previous, {"closed": closed, "counts": counts}])
@@ -472,7 +491,11 @@ class CensusManager:
 
     def _tick(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(self.interval_s, self._tick)
-        if not self.points or self._closed() > int(self.points[-1]["closed"]):
+        # Only once sessions have closed (a census before the first session
+        # would count what the first session fills once as growth), and only
+        # when more closed since the last census.
+        closed = self._closed()
+        if closed > 0 and (not self.points or closed > int(self.points[-1]["closed"])):
             task = asyncio.ensure_future(self._scheduled())
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
@@ -558,7 +581,14 @@ class CensusManager:
 
     def _baseline(self) -> dict[str, Any] | None:
         """ The census to compare the next one with: the oldest kept. """
-        return {"closed": self.points[0]["closed"], "counts": self.points[0]["counts"]} if self.points else None
+        points = self._after_sessions()
+        return {"closed": points[0]["closed"], "counts": points[0]["counts"]} if points else None
+
+    def _after_sessions(self) -> list[dict[str, Any]]:
+        """ The censuses taken after at least one session closed: growth is
+        measured among them only (what the first session fills once is no
+        growth). """
+        return [p for p in self.points if int(p["closed"]) > 0]
 
     # -- answers ------------------------------------------------------------------
 
@@ -566,7 +596,7 @@ class CensusManager:
         """ Types growing with closed sessions across the kept censuses
         (application types only), each with its holder chain and size when
         a census explained it. """
-        rows = growing_types(self.points)
+        rows = growing_types(self._after_sessions())
         for row in rows:
             info = self.explained.get(row["type"])
             row["holder"] = info.get("text") if info else None
@@ -576,8 +606,9 @@ class CensusManager:
 
     def state(self) -> dict[str, Any]:
         """ For the API: whether a census ran, its costs, and the growing types. """
-        last = self.points[-1] if self.points else None
-        first = self.points[0] if self.points else None
+        measured = self._after_sessions()
+        last = measured[-1] if measured else None
+        first = measured[0] if measured else None
         return {
             "available": self.heap_worker.forks,
             "censuses": len(self.points),
@@ -586,10 +617,10 @@ class CensusManager:
             "last_error": self.last_error,
             "interval_s": self.interval_s,
             "min_interval_s": self.min_interval_s,
-            "last_time": last["time"] if last else None,
+            "last_time": self.points[-1]["time"] if self.points else None,
             "first_time": first["time"] if first else None,
             "closed_between": (int(last["closed"]) - int(first["closed"])) if last and first else 0,
-            "objects": last.get("objects") if last else None,
+            "objects": self.points[-1].get("objects") if self.points else None,
             "costs": self.last_costs,
             "growing": self.growing(),
         }

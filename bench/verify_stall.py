@@ -6,7 +6,7 @@ runs in this process (ServerThread) with the realistic app.  ``--sessions``
 sessions are opened by HTTP GETs; Bokeh destroys them after 2 s unused, and
 every ``--leak-every``-th one is leaked into a module list (``?leak=1``), so
 the verifications find orphans and garbage.  ``--ballast-mb`` of touched
-memory and ``--extra`` small objects grow the heap (the fork copies page
+memory and ``--extra`` small tracked objects (lists) grow the heap (the fork copies page
 tables: RSS; the child's scan walks objects: object count).
 
 A task on the server's loop sleeps 5 ms again and again and records how late
@@ -74,7 +74,7 @@ def run(sessions: int, leak_every: int, ballast_mb: int, extra: int, quiet_s: fl
     runs: list[dict[str, Any]] = []
     try:
         ballast = np.ones(ballast_mb * 2**20 // 8) if ballast_mb else None  # touched: resident
-        objects = [{"n": i} for i in range(extra)]
+        objects = [[i] for i in range(extra)]  # lists: tracked by the collector, so scanned
         server.call(lambda: asyncio.ensure_future(probe()))
         time.sleep(0.5)
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--leak-every", type=int, default=10, help="leak every n-th session (0: none)")
     parser.add_argument("--ballast-mb", type=int, default=0, help="touched memory to grow RSS")
-    parser.add_argument("--extra", type=int, default=0, help="extra small objects (dicts) on the heap")
+    parser.add_argument("--extra", type=int, default=0, help="extra small tracked objects (lists) on the heap")
     parser.add_argument("--quiet-s", type=float, default=15.0, help="length of each quiet phase")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     args = parser.parse_args(argv)

@@ -208,7 +208,10 @@ class MemWatch:
         self.store: SampleStore | None = None
         self.sampler: Sampler | None = None
         self.heap_worker = HeapWorker(max_concurrent=1)
-        self.tracker.exact = self.heap_worker.forks
+        #: Verifications of destroyed sessions have a worker of their own, so
+        #: that they never make a user's chain search or snapshot wait (429).
+        self.verify_worker = HeapWorker(max_concurrent=1)
+        self.tracker.exact = self.verify_worker.forks
         #: The last verification of destroyed sessions (see verify_destroyed).
         self.verification: dict[str, Any] = {"runs": 0, "last_error": None}
         self._contexts: dict[str, ApplicationContext] = {}
@@ -503,7 +506,7 @@ class MemWatch:
         and ``technique`` says so; nothing is collected here.  A busy heap
         worker leaves the records pending for the next attempt.
         """
-        if not self.heap_worker.forks:
+        if not self.verify_worker.forks:
             self.tracker.exact = False
             return self.verification_state()
         loop_started = time.perf_counter()
@@ -514,7 +517,7 @@ class MemWatch:
         started = time.time()
         prepare_s = time.perf_counter() - loop_started
         try:
-            result = await self.heap_worker.run(
+            result = await self.verify_worker.run(
                 lambda: verification_job(groups, pid), timeout_s=self.options.verify_timeout_s,
             )
         except HeapWorkBusy as e:

@@ -91,6 +91,9 @@ STATES: tuple[str, ...] = ("pending", "awaiting_collection", "held_until", "orph
 VERIFIED_BY_SCAN = "reachability_scan"
 VERIFIED_BY_COLLECTIONS = "full_collection_since_destroy"
 
+#: How early a record counts as due for verification.
+_DUE_SLACK_S = 0.1
+
 #: Seconds after a holding timer is due before the session is verified again
 #: (the callback must have run and its task finished).
 TIMER_MARGIN_S = 0.5
@@ -495,7 +498,8 @@ class SessionTracker:
         for serial, record in self._destroyed.items():
             at = self._needs_verification(record, now)
             proven = record.fate in ("orphan", "models_retained")
-            if (at is not None and at <= now) or (include_proven and proven):
+            # A little slack: a timer armed for ``at`` may fire a hair early.
+            if (at is not None and at <= now + _DUE_SLACK_S) or (include_proven and proven):
                 groups[str(serial)] = [record.doc_ref, *record.model_refs.values()]
         return groups
 
@@ -514,7 +518,8 @@ class SessionTracker:
             before = (record.fate, record.held_until)
             self._apply_one(record, fates, verified_at)
             changed += before != (record.fate, record.held_until)
-            self._refresh_destroyed(record)
+            if record.fate == "models_retained":
+                self._refresh_destroyed(record)  # its figures are those of the proven Models
         return changed
 
     def _apply_one(self, record: TrackedSession, fates: Mapping[str, Any], verified_at: float) -> None:

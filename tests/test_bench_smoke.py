@@ -61,3 +61,17 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     assert store["capacity"] == 17280 and store["nbytes"] > 0 and store["traced_bytes"] > 0
     assert len(result["targets"]) >= 7
     assert all(t["met"] in (True, False, None) and t["measured"] for t in result["targets"])
+
+
+def test_verify_stall_smoke(tmp_path: Path) -> None:
+    """ ``python -m bench.verify_stall --smoke``: a verification runs once
+    sessions are destroyed, none while nothing is unproven. """
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_STATE_HOME": str(tmp_path / "state")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.verify_stall", "--smoke"],
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "verifications in 2 s quiet before / after: 0 / 0" in done.stdout, done.stdout
+    assert "| loop ms (prepare + fork + apply) |" in done.stdout
+    assert "(2 orphans," in done.stdout, done.stdout

@@ -224,7 +224,8 @@ def census_job(
         explain: growing types to explain at most.
 
     Returns:
-        ``{"closed", "counts": {type: [count, bytes]}, "objects", "tracked",
+        ``{"closed", "counts": {type: [count, bytes]}`` (application types
+        only, see :func:`is_generic`), ``"generic_types", "objects", "tracked",
         "garbage", "scan_s", "count_s", "explained": {type: {"chain",
         "root", "complete", "reason", "text", "instance_bytes"}}}``.
     """
@@ -338,8 +339,14 @@ def census_job(
             del instance, target
     finally:
         samples.clear()
+    # Generic types are never a verdict: leave them out of the answer (the
+    # server decodes it on its loop, and keeps a few censuses).
+    generic = [key for key in counts if is_generic(key)]
+    for key in generic:
+        del counts[key]
     return {
-        "closed": closed, "counts": counts, "objects": n_objects, "tracked": tracked, "garbage": garbage,
+        "closed": closed, "counts": counts, "generic_types": len(generic), "objects": n_objects,
+        "tracked": tracked, "garbage": garbage,
         "scan_s": round(scan_s, 3), "count_s": round(count_s, 3), "explained": explained,
     }
 

@@ -342,7 +342,8 @@ def build_server(args: argparse.Namespace, state: BenchState) -> Any:
 
         MEMWATCH_HANDLER_WATCH.wrap(MemwatchAppHandler, "modify_document")
 
-        state.memwatch = MemWatch(interval_ms=args.interval_ms)
+        state.memwatch = MemWatch(interval_ms=args.interval_ms, census_interval_s=args.census_interval_s,
+                                  census_min_interval_s=args.census_min_interval_s)
         return memwatch_server({APP_PATH: app}, memwatch=state.memwatch, **kwargs)
     if args.mode == "memlog":
         bokeh_log = logging.getLogger("bokeh")
@@ -362,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check-ms", type=int, default=17000, help="check_unused_sessions_milliseconds")
     parser.add_argument("--lifetime-ms", type=int, default=15000, help="unused_session_lifetime_milliseconds")
     parser.add_argument("--probe-ms", type=float, default=5.0, help="period of the lag probe")
+    parser.add_argument("--census-interval-s", type=float, default=600.0, help="memwatch's scheduled census period")
+    parser.add_argument("--census-min-interval-s", type=float, default=60.0, help="least time between censuses")
     parser.add_argument("--no-nodelay", dest="nodelay", action="store_false",
                         help="leave Nagle's algorithm on for websockets (Bokeh's default)")
     args = parser.parse_args(argv)

@@ -335,11 +335,15 @@ def _rss_without_retention(app: str, rounds: Sequence[Mapping[str, Any]]) -> lis
     per_session = (rss_last - rss_first) / closed
     if per_session < RSS_PER_SESSION_NOTE_BYTES or _int(last, "holding_sessions"):
         return []
+    # Say only what was measured: Documents and Models always, other objects
+    # only when a census ran after every round.
+    censused = all(r.get("census") for r in rounds)
+    measured = ("no Document, no Model and no object type growing with closed sessions (census)"
+                if censused else "no Document or Model of the sessions retained (no census of other objects ran)")
     return [_item(
         "rss-grows-untracked", "info",
         "RSS grows although no Document or Model is retained",
-        f"{app}: RSS grew by {format_bytes(per_session)} per closed session with nothing of the sessions "
-        "left alive.",
+        f"{app}: RSS grew by {format_bytes(per_session)} per closed session with {measured}.",
         "Look for plain-data caches (functools.lru_cache, pn.state.cache, dicts of DataFrames) and "
         "allocator fragmentation: compare tracemalloc snapshots (--memwatch-tracemalloc) and del large "
         "frames after building sources.",
@@ -367,3 +371,34 @@ def _data_hogs(sessions: Sequence[Mapping[str, Any]], retained: Sequence[Mapping
                 "dataframes", str(top.get("app")),
             ))
     return out
+
+
+# -- the census: types growing with closed sessions ---------------------------------
+
+
+def census_advice(app: str | None, census: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """ Advice from a census (``bokeh-memwatch check``'s per-app census
+    report, or ``CensusManager.state()`` of a live server, ``app`` None):
+    application types whose count grows with closed sessions. """
+    rows = [r for r in census.get("growing") or () if not r.get("generic")]
+    if not rows:
+        return []
+    shown = "; ".join(
+        f"{r['type']} +{r['growth_per_session']:g}/session ({format_bytes(r['bytes_per_session'])}/session)"
+        for r in rows[:5]
+    )
+    held = next((r for r in rows if r.get("holder")), None)
+    holder = f" One {held['type']} is held by: {held['holder']}." if held else ""
+    where = f"{app}: " if app else ""
+    return [_item(
+        "types-grow-with-sessions", "error",
+        "Objects of some types grow with every closed session",
+        f"{where}{len(rows)} type(s) grow in proportion to closed sessions although no Document or Model "
+        f"need be left: {shown} (census of what a full collection keeps, over "
+        f"{census.get('closed_between')} closed session(s)).{holder}",
+        "A process-wide object keeps per-session objects: a param watcher or a .param reference to a "
+        "shared Parameterized (Panel widgets created with value=SHARED.param.x link both ways), a cache "
+        "keyed by session, a list in an imported module. Unwatch in pn.state.on_session_destroyed, pass "
+        "plain values instead of shared .param references, or bound the cache.",
+        "panel", app,
+    )]

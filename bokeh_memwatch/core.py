@@ -31,6 +31,7 @@ from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 
 from . import chains
+from .census import CensusManager
 from .cluster import WORKER_FIELDS, Cluster, server_key
 from .collectors import Collector, ProcessCollector, default_collectors
 from .heapwork import FORK_MODES, HeapWorkBusy, HeapWorker
@@ -145,6 +146,11 @@ class MemwatchOptions:
     cgroup_root: str = "/sys/fs/cgroup"
     limit_fraction: float = 0.9
     limit_min_interval_s: float = 600.0
+    # The census (census.py): live objects by type in the heap worker, every
+    # census_interval_s when sessions closed since the last one (0: on
+    # demand only), at most one per census_min_interval_s.
+    census_interval_s: float = 600.0
+    census_min_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.history_max_bytes < 64 * 1024:
@@ -158,6 +164,9 @@ class MemwatchOptions:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.heap_fork not in FORK_MODES:
             raise ValueError(f"heap_fork must be one of {', '.join(FORK_MODES)}, got {self.heap_fork!r}")
+        for name in ("census_interval_s", "census_min_interval_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.types_min_interval_s < 0:
             raise ValueError(f"types_min_interval_s must be >= 0, got {self.types_min_interval_s}")
         for name in ("interval_ms", "history_s", "chain_max_depth", "max_destroyed"):
@@ -216,9 +225,11 @@ class MemWatch:
         #: that they never make a user's chain search or snapshot wait (429).
         #: The same fork policy applies: no fork next to an unsafe thread pool.
         self.verify_worker = HeapWorker(max_concurrent=1, fork_mode=self.options.heap_fork)  # type: ignore[arg-type]
-        self.tracker.exact = self.verify_worker.forks
-        #: The last verification of destroyed sessions (see verify_destroyed).
-        self.verification: dict[str, Any] = {"runs": 0, "last_error": None}
+        plan = self.verify_worker.plan()
+        self.tracker.exact = plan.technique == "fork"
+        #: The last verification of destroyed sessions (see verify_destroyed);
+        #: ``fallback_reason``: why verdicts cannot come from a forked scan.
+        self.verification: dict[str, Any] = {"runs": 0, "last_error": None, "fallback_reason": plan.refused}
         self._contexts: dict[str, ApplicationContext] = {}
         self._app_refs: weakref.WeakSet[Application] = weakref.WeakSet()
         self._io_loop: IOLoop | None = None
@@ -232,6 +243,8 @@ class MemWatch:
         self._last_gc: float = float("-inf")
         self._process: ProcessCollector | None = None
         self.snapshots: SnapshotManager | None = None
+        #: Censuses of live objects by type (made in start()).
+        self.census: CensusManager | None = None
         #: History database, workers, memory limit (made in start()).
         self.cluster: Cluster | None = None
         #: The server's port, when the way in knows it (names its history).
@@ -267,7 +280,10 @@ class MemWatch:
     def _instrument_one(self, path: str, app: Application) -> None:
         if any(isinstance(h, MemwatchAppHandler) and h.listener is self for h in app.handlers):
             return
-        app.add(MemwatchAppHandler(path, self))
+        handler = MemwatchAppHandler(path, self)
+        app_ref = weakref.ref(app)
+        handler.siblings = lambda: tuple(getattr(app_ref(), "handlers", ()))
+        app.add(handler)
         self._app_refs.add(app)
 
     def attach(self, target: BaseServer | BokehTornado) -> None:
@@ -345,8 +361,25 @@ class MemWatch:
             types_min_interval_s=self.options.types_min_interval_s, timeout_s=self.options.snapshot_timeout_s,
         )
         self.snapshots.start()
+        self._start_census(io_loop)
+
+    def _start_census(self, io_loop: IOLoop | None) -> None:
+        self.census = CensusManager(
+            self.heap_worker, closed=lambda: self.tracker.destroyed_total,
+            live=lambda: sum(len(s) for s in self.live_sessions().values()),
+            interval_s=self.options.census_interval_s, min_interval_s=self.options.census_min_interval_s,
+            timeout_s=self.options.snapshot_timeout_s, chain_depth=self.options.chain_max_depth,
+            chain_timeout_s=self.options.chain_timeout_s,
+        )
+        try:
+            self.census.start()
+        except RuntimeError:  # no running loop yet
+            if io_loop is not None:
+                io_loop.add_callback(self.census.start)
 
     def stop(self) -> None:
+        if self.census is not None:
+            self.census.stop()
         if self.sampler is not None:
             self.sampler.stop()
         if self.snapshots is not None:
@@ -502,7 +535,7 @@ class MemWatch:
             self.verification["fallback_reason"] = plan.refused
             return self.verification_state()
         self.tracker.exact = True
-        self.verification.pop("fallback_reason", None)
+        self.verification["fallback_reason"] = None
         groups = self.tracker.verification_groups(include_proven=include_proven)
         if not groups:
             return self.verification_state()
@@ -554,14 +587,25 @@ class MemWatch:
                     }
         return out
 
+    def session_build_errors(self) -> dict[str, dict[str, Any]]:
+        """ Per app: sessions whose build failed in one of the app's own
+        handlers, and the first error (text with traceback, or None). """
+        out: dict[str, dict[str, Any]] = {}
+        for app in list(self._app_refs):
+            for handler in app.handlers:
+                if isinstance(handler, MemwatchAppHandler) and handler.listener is self:
+                    out[handler.app_path] = {"count": handler.sessions_failed, "first": handler.first_error}
+        return out
+
     def advice(self, *, rounds: Mapping[str, Any] | None = None, history_limit: int = 720) -> list[dict[str, Any]]:
         """ The article's checklist applied to live data (see :mod:`.advice`);
         ``rounds`` is what ``bokeh-memwatch check`` measured, per app. """
-        from .advice import advise
+        from .advice import advise, census_advice
 
         summary = self.summary()
         orphans = self.orphans()
-        return advise(
+        grown = census_advice(None, self.census.state()) if self.census is not None and rounds is None else []
+        return grown + advise(
             summary,
             sessions=self.sessions(),
             retained=[*orphans["orphans"], *orphans["retained_models"]],

@@ -181,6 +181,7 @@
       request("GET", "summary"), request("GET", "sessions"), request("GET", "orphans"), request("GET", path),
       has("GET", "api/tracemalloc") ? request("GET", "tracemalloc") : Promise.resolve(null),
       has("GET", "api/advice") ? request("GET", "advice") : Promise.resolve(null),
+      has("GET", "api/census") ? request("GET", "census") : Promise.resolve(null),
     ]);
     var summary = results[0], sessions = results[1], orphans = results[2], timeline = results[3];
     var tracing = results[4], advice = results[5];
@@ -208,6 +209,7 @@
     renderVerdict(summary.data);
     renderSettings(summary.data);
     if (advice && advice.ok) renderAdvice(advice.data.advice || []);
+    if (results[6] && results[6].ok) renderCensus(results[6].data);
     maybeRefreshAllocators(summary.data);
     state.polls += 1;
   }
@@ -617,6 +619,48 @@
     else refreshAllocators();
   }
 
+  // -- census: types growing with closed sessions (census_views.py) -------------------------
+
+  function renderCensus(c) {
+    var rows = (c.growing || []).filter(function (r) { return !r.generic; });
+    setData("census_source", {
+      type: rows.map(function (r) { return r.type; }),
+      per_session: rows.map(function (r) { return "+" + r.growth_per_session; }),
+      mb_per_session: rows.map(function (r) { return num(r.bytes_per_session) / MB; }),
+      count: rows.map(function (r) { return r.count; }),
+      holder: rows.map(function (r) { return r.holder || "(not searched yet)"; }),
+    });
+    var text;
+    if (!c.available) {
+      text = "<span class='mw-muted'>no census here: it needs os.fork</span>";
+    } else if (!c.censuses) {
+      text = "no census yet" + (c.interval_s ? " (one every " + esc(fmtDuration(c.interval_s)) +
+        " while sessions close)" : " (on demand only)");
+    } else if (c.censuses < 2 || !c.closed_between) {
+      text = c.censuses + " census(es); growth needs two with closed sessions between them";
+    } else if (!rows.length) {
+      text = "<span class='mw-ok'>no type grew with the " + esc(c.closed_between) +
+        " session(s) closed between " + esc(c.censuses) + " censuses</span>";
+    } else {
+      text = "<span class='mw-bad'>" + rows.length + " type(s) grow with closed sessions</span> (over " +
+        esc(c.closed_between) + " closed sessions)";
+    }
+    if (c.last_time) text += " · last census " + esc(new Date(c.last_time * 1000).toLocaleTimeString());
+    if (c.last_error) text += " · <span class='mw-warn'>last error: " + esc(c.last_error) + "</span>";
+    setText("census_status", text);
+  }
+
+  async function runCensus() {
+    if (!has("POST", "api/census")) return;
+    setText("census_status", "Taking a census in a forked child (walks the heap; can take seconds)…");
+    var r = await request("POST", "census", {});
+    if (!r.ok && r.status !== 429) {
+      setText("census_status", "<span class='mw-bad'>" + esc(r.data.error || "HTTP " + r.status) + "</span>");
+      return;
+    }
+    renderCensus(r.data);
+  }
+
   async function refreshTypes() {
     if (!has("GET", "api/types")) {
       setText("types_status", "<span class='mw-muted'>The type summary API (<code>api/types</code>) is not " +
@@ -656,6 +700,7 @@
     setBaseline: setBaseline,
     refreshAllocators: refreshAllocators,
     refreshTypes: refreshTypes,
+    runCensus: runCensus,
     setWindow: setWindow,
   };
 

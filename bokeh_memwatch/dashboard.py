@@ -317,6 +317,7 @@ def build_layout(poll_ms: int) -> LayoutDOM:
         _text("type", "type", 300), _int("count", "objects", 90), _mb("size_mb", "size (MB)", digits=3),
     ], ("type", "count", "size_mb"))
 
+    census_parts = _census_block()
     settings_div = Div(name="settings", text="", sizing_mode="stretch_width", css_classes=["mw-settings"])
     advice_div = Div(name="advice", text="no advice yet", sizing_mode="stretch_width", css_classes=["mw-advice"])
 
@@ -330,6 +331,7 @@ def build_layout(poll_ms: int) -> LayoutDOM:
         sessions_empty, sessions_table,
         _section("Orphans", "destroyed sessions whose Document (or some of its Models) is still alive: a leak"),
         orphans_empty, orphans_table, row(why, gc_button), chain,
+        *census_parts,
         _section("Advice", "the memory checklist, checked against what this server does"),
         advice_div,
         _section("Top allocators", "tracemalloc: where the memory still allocated was allocated"),
@@ -340,6 +342,25 @@ def build_layout(poll_ms: int) -> LayoutDOM:
         settings_div,
         sizing_mode="stretch_width", name="dashboard",
     )
+
+
+def _census_block() -> list[LayoutDOM]:
+    """ "Types growing with closed sessions" (census.py; dashboard.js
+    ``renderCensus``/``runCensus``). """
+    status = Div(name="census_status", text="no census yet", sizing_mode="stretch_width")
+    button = Button(name="census_run", label="Take a census now", width=180)
+    button.js_on_click(_call("runCensus"))
+    _, table = _table("census", [
+        _text("type", "type", 260), _text("per_session", "kept per closed session", 150),
+        _mb("mb_per_session", "MB per closed session (shallow)", 170, digits=3), _int("count", "alive", 80),
+        _text("holder", "held by (one instance)", 520),
+    ], ("type", "per_session", "mb_per_session", "count", "holder"))
+    return [
+        _section("Types growing with closed sessions",
+                 "census of what a full collection keeps, by type, in a forked child: Panel/param objects, "
+                 "DataFrames and arrays that outlive sessions without their Document"),
+        status, button, table,
+    ]
 
 
 _STYLE = """

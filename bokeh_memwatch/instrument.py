@@ -13,6 +13,7 @@ it watches (``Application.add``, public API).  Bokeh then calls it:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from bokeh.application.handlers.handler import Handler
@@ -59,6 +60,14 @@ class MemwatchAppHandler(Handler):
         #: when their Document was made (this handler runs after the app's).
         self.sessions_seen = 0
         self.sessions_with_hooks = 0
+        #: The application's other handlers (set by MemWatch; weak), read
+        #: after each session's build for errors they recorded.
+        self.siblings: Callable[[], Sequence[Handler]] = tuple
+        #: Sessions whose build failed in one of the app's handlers (a
+        #: script that raised: Bokeh logs it and serves the partial page),
+        #: and the first such error with its traceback.
+        self.sessions_failed = 0
+        self.first_error: str | None = None
 
     def modify_document(self, doc: Document) -> None:
         context = doc.session_context
@@ -69,11 +78,27 @@ class MemwatchAppHandler(Handler):
         except Exception:
             log.exception("memwatch could not register a session of %s", self.app_path)
         self.sessions_seen += 1
+        self._note_errors()
         try:
             if own_cleanup_hooks(doc):
                 self.sessions_with_hooks += 1
         except Exception:
             log.debug("memwatch could not read the cleanup hooks of %s", self.app_path, exc_info=True)
+
+    def _note_errors(self) -> None:
+        """ Count this session's build as failed when a handler that ran
+        before this one recorded an error (``Handler.failed``, public API;
+        Bokeh resets it at every run). """
+        try:
+            failed = [h for h in self.siblings() if h is not self and getattr(h, "failed", False)]
+            if failed:
+                self.sessions_failed += 1
+                if self.first_error is None:
+                    handler = failed[0]
+                    self.first_error = str(getattr(handler, "error_detail", None) or getattr(handler, "error", None)
+                                           or "failed")[-4000:]
+        except Exception:
+            log.debug("memwatch could not read the handlers' errors of %s", self.app_path, exc_info=True)
 
     def on_server_loaded(self, server_context: ServerContext) -> None:
         try:

@@ -34,16 +34,19 @@ import logging
 import re
 import threading
 import time
+import traceback
 import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .advice import format_bytes, grows
+from .advice import census_advice, format_bytes, grows
+from .census import CensusManager
 from .collectors import ProcessCollector
 from .tracker import TIMER_MARGIN_S
 
@@ -83,6 +86,13 @@ VERDICTS = ("clean", "bounded", "leak")
 #: How the i-th session of a round is opened (cycled).
 SESSION_KINDS = ("websocket", "http", "websocket-concurrent", "http-concurrent")
 
+#: Timeout of one session before any build was measured (the first session
+#: also imports the app's libraries), in seconds.
+FIRST_SESSION_TIMEOUT_S = 120.0
+#: A session's timeout in slowest measured builds, plus a margin in seconds.
+TIMEOUT_PER_BUILD = 4.0
+TIMEOUT_MARGIN_S = 10.0
+
 
 @dataclass(frozen=True)
 class CheckOptions:
@@ -97,7 +107,9 @@ class CheckOptions:
         max_chains: reference chains searched at most, per app.
         settle_timeout_s: longest wait for Bokeh to destroy a round's
             sessions (None: from the server's unused-session settings).
-        http_timeout_s: timeout of one client request.
+        http_timeout_s: least timeout of one client request, in seconds.
+        timeout_s: timeout of one session (None: scaled from the measured
+            time to build one, see :meth:`LeakCheck.session_timeout_s`).
     """
 
     sessions: int = 5
@@ -107,8 +119,11 @@ class CheckOptions:
     max_chains: int = 6
     settle_timeout_s: float | None = None
     http_timeout_s: float = 30.0
+    timeout_s: float | None = None
 
     def __post_init__(self) -> None:
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout_s}")
         if self.sessions < 1:
             raise ValueError(f"sessions must be >= 1, got {self.sessions}")
         if self.rounds < 2:
@@ -164,6 +179,24 @@ def judge(rounds: Sequence[Mapping[str, Any]]) -> str:
     return "bounded"
 
 
+def judge_census(census: Mapping[str, Any]) -> str:
+    """ ``leak`` when some application type grew with closed sessions
+    between the first and the last round's census, else ``clean`` (the
+    Document/Model verdict, :func:`judge`, covers the rest). """
+    return "leak" if any(not row.get("generic") for row in census.get("growing") or ()) else "clean"
+
+
+def census_chains(census: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """ The holder chains the census found, as check chains. """
+    out = []
+    for row in census.get("growing") or ():
+        if row.get("holder"):
+            out.append({"target": row["type"], "count": 1, "retained_of_kind": int(row["growth"]),
+                        "text": row["holder"], "root": None, "complete": bool(row.get("holder_complete")),
+                        "reason": None, "sessions": [], "source": "census"})
+    return out
+
+
 def passes(verdict: str, rounds: Sequence[Mapping[str, Any]], tolerance: int) -> bool:
     """ Clean, or bounded within the tolerance (in destroyed sessions). """
     if verdict == "clean":
@@ -214,10 +247,14 @@ def combine(apps: Mapping[str, Mapping[str, Any]], options: CheckOptions) -> dic
     """ The whole report: totals over the apps, the worst verdict, per app. """
     verdict = max((a["verdict"] for a in apps.values()), key=VERDICTS.index, default="clean")
     ok = all(a["passed"] for a in apps.values())
+    # Errors in some sessions do not hide the verdict; an app that served
+    # no session at all has none worth the name.
+    served = all((a.get("session_errors") or {}).get("served", True) for a in apps.values())
     report: dict[str, Any] = {
         "verdict": verdict,
         "passed": ok,
-        "exit_code": 0 if ok else 1,
+        "served": served,
+        "exit_code": 2 if not served else 0 if ok else 1,
         "tolerance": options.tolerance,
         "sessions_per_round": options.sessions,
         "rounds": options.rounds,
@@ -255,6 +292,11 @@ class LeakCheck:
         self.base_url = base_url.rstrip("/")
         self.options = options or CheckOptions()
         self._rss = rss or ProcessCollector().rss_bytes
+        #: Slowest session opened one at a time so far, in seconds.
+        self.build_s: float | None = None
+        #: Per app: ``{"count", "first" (traceback text), "kinds": Counter}``
+        #: of sessions the clients could not open.
+        self.session_errors: dict[str, dict[str, Any]] = {}
 
     # -- running on the server's loop --------------------------------------------------
 
@@ -281,11 +323,15 @@ class LeakCheck:
         opts = self.options
         started = time.monotonic()
         rounds: list[dict[str, Any]] = []
+        census = self._census_manager()
+        census_errors: list[str] = []
         for number in range(1, opts.rounds + 1):
             opened = self.open_and_close(app_path, opts.sessions)
             settle = self.settle(app_path)
             rounds.append(self.measure(app_path, number, opened, settle))
-        verdict = judge(rounds)
+            rounds[-1]["census"] = self.take_census(census, census_errors)
+        census_report = self.census_report(census, census_errors)
+        verdict = max(judge(rounds), judge_census(census_report), key=VERDICTS.index)
         last, first = rounds[-1], rounds[0]
         closed = int(last["sessions_closed_total"])
         between = max(1, closed - int(first["sessions_closed_total"]))
@@ -293,7 +339,13 @@ class LeakCheck:
         chains = self.chains(app_path, rows)
         advice = [a for a in self.call(lambda: self.memwatch.advice(rounds={app_path: rounds}))
                   if a.get("app") in (app_path, None)]
-        failed = self._failed_handlers(app_path)
+        grown = census_advice(app_path, census_report)
+        if grown:  # the census names what RSS grows with
+            advice = [a for a in advice if a.get("id") != "rss-grows-untracked"]
+        advice = [*grown, *advice]
+        if judge(rounds) == "clean":  # the census is the only evidence: its holders are the chains
+            chains = [*chains, *census_chains(census_report)]
+        errors = self.errors(app_path, opts.sessions * opts.rounds)
         return {
             "app": app_path,
             "verdict": verdict,
@@ -320,63 +372,145 @@ class LeakCheck:
             "rounds": rounds,
             "chains": chains,
             "advice": advice,
-            "app_errors": failed,
+            "census": census_report,
+            "app_errors": errors["messages"],
+            "session_errors": errors,
             "elapsed_s": round(time.monotonic() - started, 3),
         }
 
     # -- sessions --------------------------------------------------------------------
 
+    def session_timeout_s(self) -> float:
+        """ How long one session may take to open: ``--timeout``, else from
+        the slowest build measured so far (:data:`TIMEOUT_PER_BUILD` times
+        it plus :data:`TIMEOUT_MARGIN_S`, at least ``http_timeout_s``); before
+        any measurement, :data:`FIRST_SESSION_TIMEOUT_S`. """
+        if self.options.timeout_s is not None:
+            return self.options.timeout_s
+        if self.build_s is None:
+            return max(self.options.http_timeout_s, FIRST_SESSION_TIMEOUT_S)
+        return max(self.options.http_timeout_s, TIMEOUT_PER_BUILD * self.build_s + TIMEOUT_MARGIN_S)
+
     def open_and_close(self, app_path: str, n: int) -> dict[str, int]:
-        """ Open and close ``n`` sessions; how many of each kind. """
+        """ Open and close ``n`` sessions; how many of each kind.
+
+        One after another first (each one timed: the slowest sets the
+        timeouts, see :meth:`session_timeout_s`), then the ``-concurrent``
+        ones: the page loads all at once, then the websocket sessions
+        opened one by one and kept open together, then all closed.  The
+        server builds sessions one at a time on its loop, so a batch of
+        ``c`` takes ``c`` build times: the batch's timeouts scale with ``c``,
+        and websocket handshakes (20 s in Bokeh's client, not settable)
+        never queue behind other builds.  A session that fails is recorded
+        (:attr:`session_errors`) and the round goes on. """
         url = self.base_url + app_path
-        # The same mix every round, concurrent ones first, so the last
-        # session of each round is of the same kind (a "last session" slot
-        # then keeps the same thing after every round).
         kinds = [SESSION_KINDS[i % len(SESSION_KINDS)] for i in range(n)]
-        concurrent = [k for k in kinds if k.endswith("-concurrent")]
-        if concurrent:
-            self._concurrent(url, concurrent)
         for kind in kinds:
             if kind == "websocket":
-                self._websocket_session(url)
+                self._guarded(app_path, kind, lambda: self._timed(lambda: self._websocket_session(url)))
             elif kind == "http":
-                self._http_page(url)
+                self._guarded(app_path, kind, lambda: self._timed(lambda: self._http_page(url)))
+        concurrent = [k for k in kinds if k.endswith("-concurrent")]
+        if concurrent:
+            self._concurrent(app_path, url, concurrent)
         return dict(Counter(kinds))
 
+    def _timed(self, fn: Callable[[], None]) -> None:
+        started = time.monotonic()
+        fn()
+        elapsed = time.monotonic() - started
+        self.build_s = elapsed if self.build_s is None else max(self.build_s, elapsed)
+
+    def _guarded(self, app_path: str, kind: str, fn: Callable[[], None]) -> bool:
+        """ Run one client action; record its error instead of raising. """
+        try:
+            fn()
+        except Exception as e:
+            self._record_error(app_path, kind, e)
+            return False
+        return True
+
+    def _record_error(self, app_path: str, kind: str, error: BaseException) -> None:
+        errors = self.session_errors.setdefault(app_path, {"count": 0, "first": None, "kinds": Counter()})
+        errors["count"] += 1
+        errors["kinds"][kind] += 1
+        if errors["first"] is None:
+            errors["first"] = "".join(traceback.format_exception(type(error), error, error.__traceback__))[-4000:]
+        log.warning("memwatch check: a %s session of %s failed: %s: %s", kind, app_path, type(error).__name__, error)
+
     def _websocket_session(self, url: str) -> None:
+        self._open_websocket(url)()
+
+    def _open_websocket(self, url: str) -> Callable[[], None]:
+        """ Open a websocket session (``pull_session``) in a thread of its
+        own, which also closes it (Bokeh's client session belongs to the
+        thread that made it); returns ``close()``.  Bokeh's client waits for
+        the document without a timeout, so the wait here has one; a session
+        that opens after it is closed at once.
+
+        Raises:
+            TimeoutError: not opened within :meth:`session_timeout_s`.
+            Exception: what ``pull_session`` raised.
+        """
         from bokeh.client import pull_session
 
-        with contextlib.closing(pull_session(url=url, arguments=dict(self.options.session_args))):
-            pass
+        timeout_s = self.session_timeout_s()
+        opened: Future[None] = Future()
+        close_now = threading.Event()
+        arguments = dict(self.options.session_args)
 
-    def _http_page(self, url: str) -> None:
+        def hold() -> None:
+            try:
+                session = pull_session(url=url, arguments=arguments)
+            except BaseException as e:
+                opened.set_exception(e)
+                return
+            opened.set_result(None)
+            close_now.wait()
+            with contextlib.suppress(Exception):
+                session.close()
+
+        thread = threading.Thread(target=hold, name="memwatch-check-client", daemon=True)
+        thread.start()
+
+        def close() -> None:
+            close_now.set()
+            thread.join(timeout_s)
+
+        try:
+            opened.result(timeout_s)
+        except FutureTimeout:
+            close_now.set()
+            raise TimeoutError(f"websocket session of {url} not opened in {timeout_s:g} s") from None
+        return close
+
+    def _http_page(self, url: str, timeout_s: float | None = None) -> None:
+        timeout_s = self.session_timeout_s() if timeout_s is None else timeout_s
         query = urllib.parse.urlencode(dict(self.options.session_args))
-        with urllib.request.urlopen(url + ("?" + query if query else ""),
-                                    timeout=self.options.http_timeout_s) as response:
+        with urllib.request.urlopen(url + ("?" + query if query else ""), timeout=timeout_s) as response:
             response.read()
             if response.status != 200:
                 raise RuntimeError(f"GET {url}: HTTP {response.status}")
 
-    def _concurrent(self, url: str, kinds: Sequence[str]) -> None:
-        """ Open all at once, keep them all open, then close them all. """
-        from bokeh.client import pull_session
-
-        barrier = threading.Barrier(len(kinds))
-
-        def one(kind: str) -> None:
-            if kind.startswith("http"):
-                self._http_page(url)
-                barrier.wait(self.options.http_timeout_s)
-                return
-            session = pull_session(url=url, arguments=dict(self.options.session_args))
-            try:
-                barrier.wait(self.options.http_timeout_s)
-            finally:
-                session.close()
-
-        with ThreadPoolExecutor(max_workers=len(kinds), thread_name_prefix="memwatch-check-client") as pool:
-            for future in [pool.submit(one, k) for k in kinds]:
-                future.result()
+    def _concurrent(self, app_path: str, url: str, kinds: Sequence[str]) -> None:
+        """ Page loads all at once, then websocket sessions kept open together,
+        then all closed; failures recorded, never raised. """
+        pages = [k for k in kinds if k.startswith("http")]
+        sockets = [k for k in kinds if not k.startswith("http")]
+        if pages:
+            # Bokeh builds them one after another: the last waits for all.
+            timeout_s = self.session_timeout_s() * len(pages)
+            with ThreadPoolExecutor(max_workers=len(pages), thread_name_prefix="memwatch-check-client") as pool:
+                futures = [pool.submit(self._http_page, url, timeout_s) for _ in pages]
+                for kind, future in zip(pages, futures, strict=True):
+                    self._guarded(app_path, kind, future.result)
+        closers: list[Callable[[], None]] = []
+        try:
+            for kind in sockets:
+                self._guarded(app_path, kind, lambda: closers.append(self._open_websocket(url)))
+        finally:
+            for close in closers:
+                close()
 
     # -- waiting and measuring ----------------------------------------------------------
 
@@ -503,14 +637,69 @@ class LeakCheck:
             found.append({**result, "session_id": session_id})
         return dedupe_chains(found, {k: len(v) for k, v in kinds.items()})
 
-    def _failed_handlers(self, app_path: str) -> list[str]:
-        """ Errors of the app's own handlers (a script that raised). """
-        app = self.applications.get(app_path)
-        if app is None:
-            return []
-        return self.call(lambda: [
-            str(getattr(h, "error", "") or "failed") for h in app.handlers if getattr(h, "failed", False)
-        ])
+    # -- the census ---------------------------------------------------------------------
+
+    def _census_manager(self) -> CensusManager:
+        """ A census series of its own per app (one check serves several apps). """
+        mw = self.memwatch
+        return CensusManager(
+            mw.heap_worker, closed=lambda: mw.tracker.destroyed_total, interval_s=0, min_interval_s=0,
+            timeout_s=mw.options.snapshot_timeout_s, chain_depth=mw.options.chain_max_depth,
+            chain_timeout_s=mw.options.chain_timeout_s,
+        )
+
+    def take_census(self, census: CensusManager, errors: list[str]) -> dict[str, Any] | None:
+        """ One census after a round (a fork of the server); its figures, or
+        None when it could not run (the reason goes to ``errors``). """
+        timeout_s = census.timeout_s + 30
+        try:
+            self.wait_coroutine(lambda: census.run(force=True), timeout_s)
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {e}")
+            log.warning("memwatch check: census failed: %s", e)
+            return None
+        point = census.points[-1]
+        return {"objects": point.get("objects"), "tracked": point.get("tracked"),
+                "garbage": point.get("garbage"), **census.last_costs}
+
+    def census_report(self, census: CensusManager, errors: Sequence[str]) -> dict[str, Any]:
+        """ ``{"ran": censuses taken, "rounds_compared", "growing": rows,
+        "errors"}``: types growing with closed sessions between the first
+        and the last round (see :func:`bokeh_memwatch.census.growing_types`). """
+        return {
+            "ran": len(census.points),
+            "complete": len(census.points) == self.options.rounds,
+            "closed_between": (int(census.points[-1]["closed"]) - int(census.points[0]["closed"]))
+            if census.points else 0,
+            "growing": self.call(census.growing) if len(census.points) >= 2 else [],
+            "errors": list(errors),
+        }
+
+    def errors(self, app_path: str, total: int) -> dict[str, Any]:
+        """ What went wrong in the app's sessions: builds that failed in the
+        app's own handlers (Bokeh logs the error and serves the partial
+        page), sessions the clients could not open, and whether the app
+        served at all (``served``: some session opened and built). """
+        built = self.call(self.memwatch.session_build_errors).get(app_path) or {"count": 0, "first": None}
+        client = self.session_errors.get(app_path) or {"count": 0, "first": None, "kinds": Counter()}
+        build_failed, client_failed = int(built["count"]), int(client["count"])
+        messages: list[str] = []
+        if build_failed:
+            messages.append(f"{build_failed} of {total} session(s) failed to build; first error:\n{built['first']}")
+        if client_failed:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(client["kinds"].items()))
+            messages.append(f"{client_failed} of {total} session(s) could not be opened ({kinds}); "
+                            f"first error:\n{client['first']}")
+        opened = total - client_failed
+        return {
+            "build_failed": build_failed,
+            "client_failed": client_failed,
+            "client_failed_kinds": dict(client["kinds"]),
+            "first_build_error": built["first"],
+            "first_client_error": client["first"],
+            "served": opened > 0 and build_failed < opened,
+            "messages": messages,
+        }
 
 
 def _target_kind(row: Mapping[str, Any]) -> str:
@@ -522,6 +711,25 @@ def _target_kind(row: Mapping[str, Any]) -> str:
 
 
 # -- rendering ---------------------------------------------------------------------------
+
+
+def _census_lines(census: Mapping[str, Any]) -> list[str]:
+    if not census.get("ran"):
+        reason = "; ".join(census.get("errors") or ()) or "not run"
+        return [f"  census of live objects by type: not taken ({reason}); only Documents and Models were checked"]
+    growing = [r for r in census.get("growing") or () if not r.get("generic")]
+    if not growing:
+        return [f"  census of live objects by type: no type grew with the {census.get('closed_between')} "
+                "session(s) closed between the first and the last round"]
+    lines = ["  types growing with closed sessions (census):"]
+    for row in growing[:10]:
+        lines.append(f"    {row['type']}: +{row['growth_per_session']:g} per session, "
+                     f"{format_bytes(row['bytes_per_session'])} per session (shallow), {row['count']} alive")
+        if row.get("holder"):
+            size = row.get("instance_bytes")
+            lines.append(f"      held by: {row['holder']}"
+                         + (f" ({format_bytes(size)} reachable from one)" if size else ""))
+    return lines
 
 
 def render_text(report: Mapping[str, Any]) -> str:
@@ -547,8 +755,11 @@ def render_text(report: Mapping[str, Any]) -> str:
         )
         if app["model_types"]:
             lines.append("  retained Model types: " + ", ".join(f"{n} {t}" for t, n in app["model_types"].items()))
+        lines.extend(_census_lines(app.get("census") or {}))
         for error in app["app_errors"]:
-            lines.append(f"  app error: {error}")
+            head, _, rest = str(error).partition("\n")
+            lines.append(f"  app error: {head}")
+            lines.extend(f"    {line}" for line in rest.rstrip().splitlines()[-12:])
         if app["chains"]:
             lines.append("  why alive (reference chains, deduplicated):")
             for c in app["chains"]:
@@ -563,5 +774,7 @@ def render_text(report: Mapping[str, Any]) -> str:
                 lines.append(f"      see: {a['article_section']}")
         lines.append("")
     verdict = report["verdict"]
+    if not report.get("served", True):
+        lines.append("the app served no session: no verdict")
     lines.append(f"verdict: {verdict} -> exit {report['exit_code']}")
     return "\n".join(lines)

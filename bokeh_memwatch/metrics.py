@@ -101,6 +101,11 @@ METRIC_NAMES: tuple[str, ...] = (
     PREFIX + "limit_reports_total",
     PREFIX + "history_dropped_samples_total",
     PREFIX + "build_info",
+    # the census (census.py)
+    PREFIX + "census_runs_total",
+    PREFIX + "census_growing_types",
+    PREFIX + "census_type_growth_per_session",
+    PREFIX + "census_type_growth_bytes_per_session",
 )
 
 
@@ -187,12 +192,40 @@ class MemwatchCollector:
                 dropped.add_metric([me], mw.cluster.db.dropped)
         yield reports
         yield dropped
+        yield from _census_metrics(mw, me)
         import bokeh
 
         info = GaugeMetricFamily(PREFIX + "build_info", "Versions (value 1)",
                                  labels=["pid", "version", "bokeh", "python"])
         info.add_metric([me, __version__, bokeh.__version__, sys.version.split()[0]], 1)
         yield info
+
+
+def _census_metrics(mw: MemWatch, me: str) -> Iterator[Metric]:
+    """ The census (census.py): types growing with closed sessions. """
+    census = mw.census
+    runs = CounterMetricFamily(PREFIX + "census_runs", "Censuses of live objects by type taken in this worker",
+                               labels=["pid"])
+    growing = GaugeMetricFamily(PREFIX + "census_growing_types",
+                                "Application types whose count grows with closed sessions (census)", labels=["pid"])
+    per_session = GaugeMetricFamily(PREFIX + "census_type_growth_per_session",
+                                    "Instances kept per closed session, per growing type (census; top 10)",
+                                    labels=["pid", "type"])
+    bytes_per_session = GaugeMetricFamily(PREFIX + "census_type_growth_bytes_per_session",
+                                          "Shallow bytes kept per closed session, per growing type (census; top 10)",
+                                          labels=["pid", "type"])
+    if census is not None:
+        runs.add_metric([me], census.runs_total)
+        rows = [r for r in census.growing() if not r.get("generic")]
+        if census.runs_total:
+            growing.add_metric([me], len(rows))
+        for row in rows[:10]:
+            per_session.add_metric([me, str(row["type"])], float(row["growth_per_session"]))
+            bytes_per_session.add_metric([me, str(row["type"])], float(row["bytes_per_session"]))
+    yield runs
+    yield growing
+    yield per_session
+    yield bytes_per_session
 
 
 def make_registry(memwatch: MemWatch) -> CollectorRegistry:

@@ -51,6 +51,12 @@ class LeakReport:
         self.data_bytes_retained: int = self.data["data_bytes_retained"]
         self.chains: list[dict[str, Any]] = self.data["chains"]
         self.advice: list[dict[str, Any]] = self.data["advice"]
+        #: The census after every round: ``{"ran", "closed_between", "growing": [{"type",
+        #: "growth_per_session", "bytes_per_session", "holder", ...}], "errors"}``.
+        self.census: dict[str, Any] = app.get("census") or {}
+        #: Sessions that failed to build or to open: ``{"build_failed", "client_failed",
+        #: "first_build_error", "first_client_error", "served"}``.
+        self.session_errors: dict[str, Any] = app.get("session_errors") or {}
 
     def text(self) -> str:
         from .leakcheck import render_text
@@ -67,7 +73,8 @@ class LeakReport:
 
     def assert_clean(self) -> None:
         """ Nothing of any session (Document, Model) outlived it, within the
-        tolerance given to the check, and retention does not grow. """
+        tolerance given to the check, retention does not grow, and no
+        application type grows with closed sessions (census). """
         if not self.passed:
             raise AssertionError(
                 f"{self.verdict}: {self.documents_retained} orphan Document(s) and {self.models_retained} "
@@ -134,7 +141,8 @@ def memwatch_leak_check() -> Iterator[Callable[..., LeakReport]]:
         options = CheckOptions(sessions=sessions, rounds=rounds, tolerance=tolerance,
                                session_args=dict(session_args or {}), max_chains=max_chains)
         path, application = _application(app, argv=argv, panel=panel)
-        memwatch = MemWatch(interval_ms=500, orphan_grace_ms=0, gc_min_interval_s=0, history_dir="none")
+        memwatch = MemWatch(interval_ms=500, orphan_grace_ms=0, gc_min_interval_s=0, history_dir="none",
+                            census_interval_s=0)
         server = ServerThread({path: application}, memwatch, **server_kwargs).start()
         servers.append(server)
         try:

@@ -418,7 +418,9 @@ class IndexHandler(JSONHandler):
         no_query_args(self)
         prefix = self.application.prefix  # type: ignore[attr-defined]
         base = f"{prefix}/memwatch/"
-        self.write_json({"endpoints": [{**e, "url": base + e["path"]} for e in ENDPOINTS]})
+        from .census_views import ENDPOINTS as CENSUS_ENDPOINTS
+
+        self.write_json({"endpoints": [{**e, "url": base + e["path"]} for e in [*ENDPOINTS, *CENSUS_ENDPOINTS]]})
 
 
 class SummaryHandler(JSONHandler):
@@ -532,12 +534,13 @@ def routes(memwatch: MemWatch) -> Routes:
 
     Feature modules contribute their own lists here, before the catch-all.
     """
+    from .census_views import census_routes
     from .dashboard import dashboard_routes
     from .metrics import metrics_routes
     from .snapshot_views import snapshot_routes
 
     return [*api_routes(memwatch), *metrics_routes(memwatch), *snapshot_routes(memwatch),
-            *dashboard_routes(memwatch), *fallback_routes(memwatch)]
+            *dashboard_routes(memwatch), *census_routes(memwatch), *fallback_routes(memwatch)]
 
 
 def api_routes(memwatch: MemWatch) -> Routes:

@@ -91,6 +91,11 @@ def test_twenty_heap_actions_next_to_a_busy_blas_thread_all_answer(run_command) 
     ids = open_and_close_sessions(f"{server.url}/blas_thread", 2)
     orphans = settle_orphans(server.url, len(ids))["orphans"]
     assert sorted(o["session_id"] for o in orphans) == sorted(ids)
+    # Verdicts could not come from a forked scan here: the summary says how
+    # they were reached instead, and why.
+    verification = api(server.url, "summary")["verification"]
+    assert verification["technique"] == "full_collection_since_destroy", verification
+    assert "OPENBLAS_NUM_THREADS=1" in verification["fallback_reason"], verification
     actions = [("POST", "baseline"), ("GET", "types"), ("POST", f"orphans/{ids[0]}/chain"),
                ("GET", "types?compare=baseline"), ("POST", f"orphans/{ids[1]}/chain")] * 4
     assert len(actions) == 20
@@ -114,7 +119,7 @@ def test_refuse_mode_answers_409_with_the_reason_and_the_fix(run_command) -> Non
     ids = open_and_close_sessions(f"{server.url}/blas_thread", 1)
     settle_orphans(server.url, len(ids))
     for method, path in (("POST", "baseline"), ("GET", "types"), ("POST", f"orphans/{ids[0]}/chain"),
-                         ("GET", "report?chains=1")):
+                         ("GET", "report?chains=1"), ("POST", "census")):
         status, _, answer = http(method, f"{server.url}/memwatch/api/{path}",
                                  {} if method == "POST" else None, timeout_s=30)
         assert status == 409, (path, status, answer)

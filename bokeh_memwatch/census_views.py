@@ -1,0 +1,80 @@
+""" Tornado handlers for the census (``census.py``), under
+``{prefix}/memwatch/api/census``.
+
+``GET`` answers the kept censuses' growth at once (no heap work); ``POST``
+takes a census in the heap worker (a forked child), at most one per
+``census_min_interval_s``: the handler only awaits it, so the IOLoop keeps
+serving meanwhile.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from tornado.web import HTTPError
+
+from .census import CensusManager, CensusUnavailable
+from .heapwork import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
+from .views import JSONHandler, json_body, no_query_args
+
+if TYPE_CHECKING:
+    from .core import MemWatch
+
+log = logging.getLogger(__name__)
+
+__all__ = ("ENDPOINTS", "census_routes")
+
+#: Entries for the API index (``api/``).
+ENDPOINTS = [
+    {"method": "GET", "path": "api/census",
+     "purpose": "types growing with closed sessions (census of live objects by type, kept censuses)"},
+    {"method": "POST", "path": "api/census",
+     "purpose": "take a census now in a forked child (rate-limited: census_min_interval_s)"},
+]
+
+
+class CensusHandler(JSONHandler):
+    """ ``GET``: the state; ``POST``: take a census, then the state. """
+
+    @property
+    def census(self) -> CensusManager:
+        census = self.memwatch.census
+        if census is None:
+            raise HTTPError(503, reason="memwatch has not started in this process yet")
+        return census
+
+    def get(self) -> None:
+        no_query_args(self)
+        self.write_json(self.census.state())
+
+    async def post(self) -> None:
+        no_query_args(self)
+        body = json_body(self)
+        if body:
+            raise HTTPError(400, reason=f"census takes no parameters, got {', '.join(sorted(body))[:80]}")
+        census = self.census
+        try:
+            state = await census.run()
+        except CensusUnavailable as e:
+            if e.retry_after_s is None:
+                raise HTTPError(501, reason=str(e)) from None
+            self.set_header("Retry-After", str(max(1, math.ceil(e.retry_after_s))))
+            self.write_json({"error": str(e), "retry_after_s": e.retry_after_s, **census.state()}, status=429)
+            return
+        except HeapWorkBusy:
+            self.set_header("Retry-After", "5")
+            raise HTTPError(429, reason="another heap job is running; retry shortly") from None
+        except ForkRefused as e:
+            raise HTTPError(409, reason=str(e)) from None
+        except HeapWorkTimeout:
+            raise HTTPError(504, reason="the census ran out of time; the heap may be very large") from None
+        except HeapWorkError as e:
+            log.warning("memwatch census failed: %s", e)
+            raise HTTPError(503, reason="the census failed in its worker (logged on the server)") from None
+        self.write_json(state)
+
+
+def census_routes(memwatch: MemWatch) -> list[tuple[str, type, dict[str, Any]]]:
+    kw = {"memwatch": memwatch}
+    return [(r"/memwatch/api/census/?", CensusHandler, kw)]

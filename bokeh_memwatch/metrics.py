@@ -180,6 +180,9 @@ class MemwatchCollector:
                 dropped.add_metric([me], mw.cluster.db.dropped)
         yield reports
         yield dropped
+        from .probes import recycle_metrics
+
+        yield from recycle_metrics(mw, PREFIX)
         import bokeh
 
         info = GaugeMetricFamily(PREFIX + "build_info", "Versions (value 1)",

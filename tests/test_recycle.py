@@ -1,0 +1,327 @@
+""" Graceful recycling, probes and forwarding between workers, with real
+servers (``bokeh-memwatch serve``, ``--num-procs 2``), real clients (page
+loads over HTTP, websocket sessions with ``bokeh.client``) and a real
+supervising parent. """
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bokeh_memwatch import MemWatch, MemwatchOptions
+from bokeh_memwatch.recycle import RECYCLE_EXIT_STATUS, detect_supervisor, parse_recycle_at, parse_size
+from bokeh_memwatch.registry import WorkerRegistry
+from tests.conftest import ROOT, ProcessServer, free_port, http, open_and_close_sessions, script_app, wait_until
+
+CLI = str(Path(sys.executable).parent / "bokeh-memwatch")
+FAST = ["--check-unused-sessions", "100", "--unused-session-lifetime", "100"]
+ENV = {"BOKEH_MEMWATCH_GC_MIN_INTERVAL_S": "0"}
+ARTIFACTS = ROOT / "test-artifacts"
+MiB = 2**20
+
+
+def serve_argv(port: int, *extra: str) -> list[str]:
+    return [CLI, "serve", "--port", str(port), "--address", "127.0.0.1",
+            "--allow-websocket-origin", f"127.0.0.1:{port}", *FAST,
+            "--memwatch-interval", "200", "--memwatch-orphan-grace", "0", *extra]
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "fraction", "rss_bytes"), [
+    ("0.85", 0.85, None), ("1", 1.0, None), (".9", 0.9, None), ("85%", 0.85, None),
+    ("1.5GiB", None, int(1.5 * 2**30)), ("800Mi", None, 800 * MiB), ("2G", None, 2 * 10**9),
+    ("500MB", None, 500 * 10**6), ("1.5 GiB", None, int(1.5 * 2**30)), ("4096kib", None, 4096 * 1024),
+])
+def test_recycle_at_is_a_fraction_or_a_size(text: str, fraction: float | None, rss_bytes: int | None) -> None:
+    threshold = parse_recycle_at(text)
+    assert threshold is not None
+    assert threshold.fraction == fraction and threshold.rss_bytes == rss_bytes
+    if fraction is not None:
+        assert threshold.bytes_for(None) is None and threshold.bytes_for(1000) == pytest.approx(1000 * fraction)
+    else:
+        assert threshold.bytes_for(None) == rss_bytes
+
+
+@pytest.mark.parametrize("text", ["", "off", "0", "none", None])
+def test_recycle_at_off(text: str | None) -> None:
+    assert parse_recycle_at(text) is None
+
+
+@pytest.mark.parametrize("text", ["1.5", "85", "150%", "-0.5", "abc", "1.5XB", "GiB", "0.0001B", "1e9", "0x10"])
+def test_bad_recycle_at_is_a_clear_error(text: str) -> None:
+    with pytest.raises(ValueError, match="--memwatch-recycle-at"):
+        parse_recycle_at(text)
+    with pytest.raises(ValueError, match="--memwatch-recycle-at"):
+        MemwatchOptions(recycle_at=text)
+
+
+def test_parse_size_units() -> None:
+    assert parse_size("1") == 1 and parse_size("1k") == 1000 and parse_size("1Ki") == 1024
+    assert parse_size("1T") == 10**12 and parse_size("1TiB") == 2**40
+
+
+def test_bad_recycle_options_stop_the_command() -> None:
+    for extra, message in [(["--memwatch-recycle-at", "1.5XB"], "not a size"),
+                           (["--memwatch-recycle-at", "2"], "neither a fraction"),
+                           (["--memwatch-recycle-samples", "0"], "recycle_samples"),
+                           (["--memwatch-drain-timeout", "0"], "drain_timeout_s")]:
+        result = subprocess.run([CLI, "serve", "--port", str(free_port()), *extra, "tests/apps/clean.py"],
+                                check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0
+        assert message in result.stderr + result.stdout, (extra, result.stderr)
+
+
+def test_detect_supervisor() -> None:
+    assert detect_supervisor({}) is None
+    assert detect_supervisor({"INVOCATION_ID": "x"}) == "systemd"
+    assert detect_supervisor({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == "kubernetes"
+    assert detect_supervisor({"BOKEH_MEMWATCH_SUPERVISED": "1"}) is not None
+    assert detect_supervisor({"BOKEH_MEMWATCH_SUPERVISED": "0"}) is None
+
+
+# -- the registry -------------------------------------------------------------------------------
+
+
+def test_one_drain_at_a_time_and_never_without_a_serving_worker(tmp_path: Path) -> None:
+    alive = {1, 2, 3}
+    path = str(tmp_path / "history.sqlite3")
+    a, b = (WorkerRegistry(path, server="s", alive=alive.__contains__) for _ in range(2))
+    other = WorkerRegistry(path, server="other server", alive=alive.__contains__)
+    for r in (a, b, other):
+        r.open()
+    a.register(1, port=1001)
+    b.register(2, port=1002)
+    assert [w["pid"] for w in a.workers()] == [1, 2] and other.workers() == []
+    assert a.try_acquire_drain(1, min_serving=1) is None      # 2 is serving
+    assert a.try_acquire_drain(1) is None                     # held already: idempotent
+    a.set_state(1, "draining")
+    assert b.try_acquire_drain(2, min_serving=1) == 1         # 1 holds it
+    assert other.try_acquire_drain(3) is None                 # another server's lease is its own
+    a.record_recycle({"pid": 1, "reason": "rss_bytes", "outcome": "sessions_ended", "drain_s": 1.5})
+    alive.discard(1)                                          # 1 exited: its lease lapses...
+    assert b.try_acquire_drain(2, min_serving=1) == 0         # ...but no other worker serves yet
+    alive.add(4)
+    a2 = WorkerRegistry(path, server="s", alive=alive.__contains__)
+    a2.open()
+    a2.register(4, port=1004)                                 # the replacement registers (and 1's row goes)
+    assert [w["pid"] for w in b.workers()] == [2, 4]
+    assert b.try_acquire_drain(2, min_serving=1) is None
+    assert b.drain_holder() == 2
+    assert b.recycle_counts() == {("rss_bytes", "sessions_ended"): 1}
+    assert b.recycles()[0]["drain_s"] == 1.5
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM workers WHERE pid = 1").fetchone()[0] == 0
+    for r in (a, b, other, a2):
+        r.close()
+
+
+# -- probes ---------------------------------------------------------------------------------------
+
+TOKEN = "probe-test-token-0123456789"
+
+
+def test_probes_answer_without_credentials_and_reveal_nothing(serve) -> None:
+    server = serve({"/clean": script_app("clean")}, memwatch=MemWatch(interval_ms=100, token=TOKEN))
+    for name in ("healthz", "readyz"):
+        for method in ("GET", "HEAD"):
+            status, headers, body = http(method, f"{server.url}/memwatch/{name}")
+            assert status == 200, (name, method)
+            assert body == ("ok\n" if method == "GET" else "")
+            assert "X-Memwatch-Pid" not in headers and "Server" not in headers
+            assert headers["Content-Type"].startswith("text/plain")
+    assert http("GET", f"{server.url}/memwatch/api/summary")[0] == 401        # the API still needs the token
+    assert http("GET", f"{server.url}/memwatch/healthz?token=wrong")[0] == 200
+    assert http("POST", f"{server.url}/memwatch/healthz", {})[0] == 405
+    summary = http("GET", f"{server.url}/memwatch/api/summary", headers={"X-Memwatch-Token": TOKEN})[2]
+    assert summary["recycle"] == {"enabled": False}
+
+
+def test_probes_can_be_turned_off(serve) -> None:
+    server = serve({"/clean": script_app("clean")}, memwatch=MemWatch(interval_ms=100, probes=False))
+    for name in ("healthz", "readyz"):
+        assert http("GET", f"{server.url}/memwatch/{name}")[0] == 404
+    assert http("GET", f"{server.url}/memwatch/api/summary")[0] == 200
+
+
+# -- a client that loads pages and holds sessions --------------------------------------------------
+
+
+class Client:
+    """ Loads the app's page (its own HTTP connection each time) and opens a
+    websocket session (``pull_session``) per step, holds them, and makes a
+    round trip on every held session per step.  Every request and every
+    failure is counted, with its time. """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.held: deque[tuple[Any, float]] = deque()  # (ClientSession, time its opening started)
+        self.opened: list[tuple[str, float]] = []      # (session id, time its opening started)
+        self.log: list[tuple[float, str, bool, str]] = []
+
+    def _do(self, kind: str, fn: Callable[[], Any]) -> Any:
+        t = time.time()
+        try:
+            result = fn()
+        except Exception as e:
+            self.log.append((t, kind, False, f"{type(e).__name__}: {e}"))
+            return None
+        self.log.append((t, kind, True, ""))
+        return result
+
+    def _page(self) -> None:
+        with urllib.request.urlopen(self.url, timeout=30) as response:
+            body = response.read()
+        if response.status != 200 or b"Bokeh" not in body:
+            raise AssertionError(f"page answered {response.status}")
+
+    def _roundtrip(self, session: Any) -> None:
+        if not session.connected:
+            raise ConnectionError("the session's websocket is closed")
+        session.force_roundtrip()
+
+    def step(self, open_new: bool = True) -> None:
+        from bokeh.client import pull_session
+
+        if open_new:
+            self._do("page", self._page)
+            started = time.time()
+            session = self._do("session", lambda: pull_session(url=self.url))
+            if session is not None:
+                self.held.append((session, started))
+                self.opened.append((session.id, started))
+        for session, _ in list(self.held):
+            self._do("roundtrip", lambda s=session: self._roundtrip(s))
+
+    def close(self, keep: Callable[[Any], bool] = lambda s: False) -> None:
+        for entry in list(self.held):
+            if not keep(entry[0]):
+                entry[0].close()
+                self.held.remove(entry)
+
+    @property
+    def failures(self) -> list[tuple[float, str, bool, str]]:
+        return [entry for entry in self.log if not entry[2]]
+
+    def served_between(self, t0: float, t1: float) -> int:
+        return sum(1 for t, _, ok, _ in self.log if ok and t0 <= t <= t1)
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> Any:
+    status, _, body = http("GET", url, headers=headers, timeout_s=30)
+    assert status == 200, (url, status, body)
+    return body
+
+
+def _first_rss(base: str, pid: int) -> float:
+    samples = _get(f"{base}/memwatch/api/history?pid={pid}&limit=1000")["samples"]
+    return float(next(s["rss_bytes"] for s in samples if s.get("rss_bytes")))
+
+
+def _write_figures(name: str, figures: dict[str, Any]) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(figures, indent=1))
+    print(f"\n{name}: {json.dumps(figures)}")
+
+
+# -- recycling under --num-procs 2 -------------------------------------------------------------------
+
+THRESHOLD = "360MiB"
+LEAK_ENV = {**ENV, "LEAK_RSS_BYTES": str(16 * MiB)}
+
+
+def test_a_leaking_worker_drains_exits_and_is_replaced_without_a_failed_request(run_command) -> None:
+    port = free_port()
+    server = run_command(serve_argv(port, "--num-procs", "2", "--memwatch-recycle-at", THRESHOLD,
+                                    "--memwatch-drain-timeout", "120", "tests/apps/leak_rss.py"),
+                         port, env=LEAK_ENV)
+    base = server.url
+    initial = wait_until(lambda: [w for w in _get(f"{base}/memwatch/api/recycle")["workers"] if w["port"]]
+                         if len(_get(f"{base}/memwatch/api/recycle")["workers"]) == 2 else None,
+                         timeout_s=30, what="both workers registered")
+    initial_pids = {w["pid"] for w in initial}
+    start_rss = {pid: _first_rss(base, pid) for pid in initial_pids}
+    client = Client(f"{base}/leak_rss")
+    draining: dict[str, Any] | None = None
+    drain_sessions: set[str] = set()
+    readyz_private: list[tuple[int, str]] = []
+    steps_in_drain = 0
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            client.step()
+            state = _get(f"{base}/memwatch/api/recycle")
+            workers = {w["pid"]: w for w in state["workers"]}
+            if draining is None:
+                found = [w for w in state["workers"] if w["state"] == "draining"]
+                if found:
+                    draining = found[0]
+                    # Its readiness, on its private port (the shared socket reaches the others only).
+                    status, _, body = http("GET", f"http://127.0.0.1:{draining['port']}/memwatch/readyz")
+                    readyz_private.append((status, body))
+                    assert http("GET", f"{base}/memwatch/readyz")[:3:2] == (200, "ok\n")
+                continue
+            if steps_in_drain < 3:
+                # Its sessions go on; which are they (asked through any worker)?
+                if draining["pid"] in workers:
+                    sessions = _get(f"{base}/memwatch/api/sessions",
+                                    headers={"X-Memwatch-Worker": str(draining["pid"])})["sessions"]
+                    drain_sessions.update(s["id"] for s in sessions)
+                steps_in_drain += 1
+                if steps_in_drain == 3:
+                    client.close(keep=lambda s: s.id not in drain_sessions)  # the drain can end now
+                continue
+            recycled = [e for e in state["recycles"] if e["pid"] == draining["pid"]]
+            fresh = [w for w in state["workers"] if w["pid"] not in initial_pids and w["state"] == "serving"]
+            if recycled and fresh:
+                for _ in range(3):
+                    client.step()
+                break
+            client.close(keep=lambda s: True)
+        else:
+            pytest.fail(f"no recycle within the deadline: {state}\n{server.log()[-3000:]}")
+    finally:
+        client.close()
+
+    assert client.failures == [], client.failures
+    assert readyz_private == [(503, "draining\n")]
+    event = recycled[0]
+    assert event["outcome"] == "sessions_ended" and event["exit_status"] == RECYCLE_EXIT_STATUS
+    assert event["rss_bytes"] >= parse_size(THRESHOLD)
+    assert f"child 0 (pid {draining['pid']}) exited with status 75" in server.log() or \
+        f"child 1 (pid {draining['pid']}) exited with status 75" in server.log()
+    # Its sessions kept working during the drain; sessions opened after it began went elsewhere.
+    assert drain_sessions, "the draining worker held none of the client's sessions"
+    drain_began = event["drain_started_at"]
+    late = [sid for sid, started in client.opened if started > drain_began and sid in drain_sessions]
+    assert not late, late
+    assert any(started > drain_began for _, started in client.opened)
+    new_pid = fresh[0]["pid"]
+    new_rss = _first_rss(base, new_pid)
+    old_rss = start_rss[draining["pid"]]
+    assert new_rss < old_rss * 1.25 + 32 * MiB, (new_rss, old_rss)
+    assert new_rss < event["rss_bytes"] - 100 * MiB
+    exited_at = event["t"]
+    _write_figures("recycle-num-procs-2", {
+        "threshold": THRESHOLD, "drain_s": event["drain_s"], "rss_at_crossing_bytes": event["rss_bytes"],
+        "rss_start_old_worker_bytes": old_rss, "rss_start_new_worker_bytes": new_rss,
+        "requests_during_recycle": client.served_between(drain_began, exited_at),
+        "requests_total": len(client.log), "failed_requests": len(client.failures),
+        "old_pid": draining["pid"], "new_pid": new_pid, "sessions_held_through_drain": len(drain_sessions),
+    })

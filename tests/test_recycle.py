@@ -5,6 +5,7 @@ supervising parent. """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ import pytest
 from bokeh_memwatch import MemWatch, MemwatchOptions
 from bokeh_memwatch.recycle import RECYCLE_EXIT_STATUS, detect_supervisor, parse_recycle_at, parse_size
 from bokeh_memwatch.registry import WorkerRegistry
-from tests.conftest import ROOT, ProcessServer, free_port, http, open_and_close_sessions, script_app, wait_until
+from tests.conftest import ROOT, free_port, http, open_and_close_sessions, script_app, wait_until
 
 CLI = str(Path(sys.executable).parent / "bokeh-memwatch")
 FAST = ["--check-unused-sessions", "100", "--unused-session-lifetime", "100"]
@@ -207,7 +208,7 @@ class Client:
                 self.held.append((session, started))
                 self.opened.append((session.id, started))
         for session, _ in list(self.held):
-            self._do("roundtrip", lambda s=session: self._roundtrip(s))
+            self._do("roundtrip", functools.partial(self._roundtrip, session))
 
     def close(self, keep: Callable[[Any], bool] = lambda s: False) -> None:
         for entry in list(self.held):
@@ -227,6 +228,12 @@ def _get(url: str, headers: dict[str, str] | None = None) -> Any:
     status, _, body = http("GET", url, headers=headers, timeout_s=30)
     assert status == 200, (url, status, body)
     return body
+
+
+def _two_workers(base: str, headers: dict[str, str] | None = None) -> list[dict[str, Any]] | None:
+    """ Both workers, once each has registered its private port. """
+    workers = _get(f"{base}/memwatch/api/recycle", headers)["workers"]
+    return workers if len(workers) == 2 and all(w["port"] for w in workers) else None
 
 
 def _first_rss(base: str, pid: int) -> float:
@@ -252,9 +259,7 @@ def test_a_leaking_worker_drains_exits_and_is_replaced_without_a_failed_request(
                                     "--memwatch-drain-timeout", "120", "tests/apps/leak_rss.py"),
                          port, env=LEAK_ENV)
     base = server.url
-    initial = wait_until(lambda: [w for w in _get(f"{base}/memwatch/api/recycle")["workers"] if w["port"]]
-                         if len(_get(f"{base}/memwatch/api/recycle")["workers"]) == 2 else None,
-                         timeout_s=30, what="both workers registered")
+    initial = wait_until(lambda: _two_workers(base), timeout_s=30, what="both workers registered") or []
     initial_pids = {w["pid"] for w in initial}
     start_rss = {pid: _first_rss(base, pid) for pid in initial_pids}
     client = Client(f"{base}/leak_rss")
@@ -324,4 +329,238 @@ def test_a_leaking_worker_drains_exits_and_is_replaced_without_a_failed_request(
         "requests_during_recycle": client.served_between(drain_began, exited_at),
         "requests_total": len(client.log), "failed_requests": len(client.failures),
         "old_pid": draining["pid"], "new_pid": new_pid, "sessions_held_through_drain": len(drain_sessions),
+    })
+
+
+# -- one process under a supervising parent ---------------------------------------------------------
+
+
+class Supervisor:
+    """ A supervising parent, as systemd's ``Restart=on-failure`` is: it
+    restarts the server when it exits non-zero (here: only with the recycle
+    status, at most ``max_restarts`` times) and records every exit. """
+
+    def __init__(self, argv: list[str], port: int, env: dict[str, str], max_restarts: int = 3) -> None:
+        self.argv, self.port, self.env, self.max_restarts = argv, port, env, max_restarts
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = ARTIFACTS / f"supervised-{port}.log"
+        ARTIFACTS.mkdir(exist_ok=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.exits: list[tuple[int, int, float]] = []  # (pid, status, time)
+        self.starts: list[tuple[int, float]] = []
+        self._stop = threading.Event()
+        self.proc = self._spawn()
+        self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **self.env}, start_new_session=True)
+        self.starts.append((proc.pid, time.time()))
+        return proc
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            status = self.proc.poll()
+            if status is None:
+                time.sleep(0.05)
+                continue
+            self.exits.append((self.proc.pid, status, time.time()))
+            if status != RECYCLE_EXIT_STATUS or len(self.exits) > self.max_restarts:
+                return
+            self.proc = self._spawn()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def supervise() -> Iterator[Callable[..., Supervisor]]:
+    started: list[Supervisor] = []
+
+    def start(argv: list[str], port: int, env: dict[str, str]) -> Supervisor:
+        supervisor = Supervisor(argv, port, env)
+        started.append(supervisor)
+        return supervisor
+
+    yield start
+    for supervisor in started:
+        supervisor.stop()
+
+
+def _ready(base: str) -> bool:
+    """ What a load balancer asks before it sends a request (connection
+    refused while nothing listens counts as not ready). """
+    try:
+        status, _, _ = http("GET", f"{base}/memwatch/readyz", timeout_s=5)
+    except OSError:
+        return False
+    return status == 200
+
+
+def test_one_process_under_a_supervisor_is_recycled_without_a_failed_request(supervise) -> None:
+    port = free_port()
+    supervisor = supervise(serve_argv(port, "--memwatch-recycle-at", "300MiB", "--memwatch-drain-timeout", "120",
+                                      "tests/apps/leak_rss.py"), port, LEAK_ENV)
+    base = supervisor.url
+    wait_until(lambda: _ready(base), timeout_s=90, interval_s=0.2, what="the server")
+    first_pid = _get(f"{base}/memwatch/api/summary")["pid"]
+    first_rss = _first_rss(base, first_pid)
+    client = Client(f"{base}/leak_rss")
+    drain_seen: float | None = None
+    steps_in_drain = 0
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            ready = _ready(base)
+            if drain_seen is None and not ready and supervisor.proc.poll() is None:
+                drain_seen = time.time()
+            client.step(open_new=ready)  # like a load balancer: new sessions only to a ready server
+            if drain_seen is not None and steps_in_drain < 3:
+                steps_in_drain += 1  # round trips on the sessions held through the drain
+                if steps_in_drain == 3:
+                    client.close()
+            if supervisor.exits and ready:
+                for _ in range(3):
+                    client.step()
+                break
+            if not ready:
+                time.sleep(0.1)
+        else:
+            pytest.fail(f"no recycle within the deadline:\n{supervisor.log()[-3000:]}")
+    finally:
+        client.close()
+
+    assert client.failures == [], client.failures
+    assert drain_seen is not None
+    assert [(pid, status) for pid, status, _ in supervisor.exits] == [(first_pid, RECYCLE_EXIT_STATUS)]
+    log = supervisor.log()
+    # No supervisor the server could detect (this test is one): it said so at start.
+    assert "recycling will STOP the server" in log and "systemd (Restart=on-failure)" in log
+    assert f"worker {first_pid} is draining: keeps listening (one process" in log
+    assert f"worker {first_pid} recycled" in log and "exiting with status 75" in log
+    summary = _get(f"{base}/memwatch/api/summary")
+    new_pid = summary["pid"]
+    assert new_pid != first_pid and new_pid == supervisor.proc.pid
+    event = next(e for e in _get(f"{base}/memwatch/api/recycle")["recycles"] if e["pid"] == first_pid)
+    assert event["outcome"] == "sessions_ended" and event["rss_bytes"] >= 300 * MiB
+    new_rss = _first_rss(base, new_pid)
+    assert new_rss < first_rss * 1.25 + 32 * MiB, (new_rss, first_rss)
+    exited_at = supervisor.exits[0][2]
+    restarted_at = supervisor.starts[1][1]
+    _write_figures("recycle-one-process", {
+        "threshold": "300MiB", "drain_s": event["drain_s"], "rss_at_crossing_bytes": event["rss_bytes"],
+        "rss_start_old_bytes": first_rss, "rss_start_new_bytes": new_rss,
+        "requests_during_recycle": client.served_between(event["drain_started_at"], exited_at),
+        "restart_gap_s": round(restarted_at - exited_at, 3),
+        "requests_total": len(client.log), "failed_requests": len(client.failures),
+        "old_pid": first_pid, "new_pid": new_pid,
+    })
+
+
+# -- any worker answers for every worker -------------------------------------------------------------
+
+FWD_TOKEN = "forwarding-test-token-0123456789"
+
+
+def test_any_worker_answers_for_every_worker(run_command, tmp_path: Path) -> None:
+    port = free_port()
+    server = run_command(serve_argv(port, "--num-procs", "2", "--memwatch-tracemalloc", "1",
+                                    "tests/apps/leak_global.py"),
+                         port, env={**ENV, "BOKEH_MEMWATCH_TOKEN": FWD_TOKEN}, ready_statuses=(401,))
+    base = server.url
+    auth = {"X-Memwatch-Token": FWD_TOKEN}
+
+    def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+             expect: int = 200) -> tuple[dict[str, str], Any]:
+        status, hdrs, payload = http(method, url, body, {**auth, **(headers or {})})
+        assert status == expect, (method, url, status, payload)
+        return hdrs, payload
+
+    workers = wait_until(lambda: _two_workers(base, auth), timeout_s=30, what="both workers registered") or []
+    ports = {w["pid"]: w["port"] for w in workers}
+    pids = sorted(ports)
+
+    # Orphans on both workers: every session leaks its Document.
+    orphans: dict[int, list[str]] = {pid: [] for pid in pids}
+    for _ in range(20):
+        open_and_close_sessions(f"{base}/leak_global", 4)
+        for pid in pids:
+            call("POST", f"{base}/memwatch/api/gc", {}, {"X-Memwatch-Worker": str(pid)})
+            hdrs, body = call("GET", f"{base}/memwatch/api/orphans", headers={"X-Memwatch-Worker": str(pid)})
+            assert int(hdrs["X-Memwatch-Pid"]) == pid
+            orphans[pid] = [o["session_id"] for o in body["orphans"]]
+        if all(len(ids) >= 5 for ids in orphans.values()):
+            break
+    assert all(len(ids) >= 5 for ids in orphans.values()), orphans
+
+    # 20 "why alive" searches, 10 per worker's orphans: half through the shared
+    # port (whichever worker accepts), half sent to the *other* worker's
+    # private port, so at least those are forwarded whatever the kernel does.
+    answered: list[tuple[int, int, str | None]] = []
+    for owner in pids:
+        other = next(p for p in pids if p != owner)
+        for i, session_id in enumerate(orphans[owner][:5] * 2):
+            url = (f"{base}/memwatch/api/orphans/{session_id}/chain" if i % 2 == 0 else
+                   f"http://127.0.0.1:{ports[other]}/memwatch/api/orphans/{session_id}/chain")
+            hdrs, body = call("POST", url, {})
+            assert body["session_id"] == session_id and body["target"] == "Document"
+            assert "holders" in body["text"] or "DOCS" in body["text"], body["text"]
+            answered.append((owner, int(hdrs["X-Memwatch-Pid"]), hdrs.get("X-Memwatch-Forwarded-By")))
+    assert len(answered) == 20
+    assert all(owner == pid for owner, pid, _ in answered)
+    assert sum(1 for _, _, by in answered if by) >= 10
+
+    # A snapshot taken on one worker, downloaded 10 times through either.
+    hdrs, taken = call("POST", f"{base}/memwatch/api/snapshots", {}, expect=201)
+    owner = int(hdrs["X-Memwatch-Pid"])
+    other = next(p for p in pids if p != owner)
+    files: list[bytes] = []
+    for i in range(10):
+        url = (f"{base}/memwatch/api/snapshots/{taken['id']}/tracemalloc" if i % 2 == 0 else
+               f"http://127.0.0.1:{ports[other]}/memwatch/api/snapshots/{taken['id']}/tracemalloc")
+        request = urllib.request.Request(url, headers=auth)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200 and int(response.headers["X-Memwatch-Pid"]) == owner
+            files.append(response.read())
+    assert len(files) == 10 and len(set(files)) == 1 and len(files[0]) == taken["size_bytes"]
+    path = tmp_path / "s.tracemalloc"
+    path.write_bytes(files[0])
+    assert len(tracemalloc.Snapshot.load(str(path)).traces) > 0
+
+    # Per-worker actions go where they are sent; unknown workers and ids are 404s.
+    for pid in pids:
+        hdrs, body = call("GET", f"{base}/memwatch/api/tracemalloc?worker={pid}")
+        assert int(hdrs["X-Memwatch-Pid"]) == pid and body["tracing"]
+    call("GET", f"{base}/memwatch/api/summary?worker=1", expect=404)
+    call("GET", f"{base}/memwatch/api/summary?worker=abc", expect=400)
+    call("POST", f"{base}/memwatch/api/orphans/no-such-session/chain", {}, expect=404)
+    call("GET", f"{base}/memwatch/api/snapshots/20200101T000000-deadbeef/tracemalloc", expect=404)
+
+    # Credentials are checked once, by the worker that received the request;
+    # nobody else can pass for a forwarding worker.
+    for pid in pids:
+        session_id = orphans[pid][0]
+        status, _, _ = http("POST", f"{base}/memwatch/api/orphans/{session_id}/chain", {})
+        assert status == 401
+        for port_ in ports.values():
+            status, _, _ = http("POST", f"http://127.0.0.1:{port_}/memwatch/api/orphans/{session_id}/chain", {},
+                                {"X-Memwatch-Forwarded": "guessed-secret"})
+            assert status == 401
+    _write_figures("forwarding-num-procs-2", {
+        "chains_ok": len(answered), "chains_forwarded": sum(1 for _, _, by in answered if by),
+        "downloads_ok": len(files), "snapshot_bytes": len(files[0]),
     })

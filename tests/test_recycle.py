@@ -4,6 +4,7 @@ loads over HTTP, websocket sessions with ``bokeh.client``) and a real
 supervising parent. """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -25,7 +26,13 @@ from typing import Any
 import pytest
 
 from bokeh_memwatch import MemWatch, MemwatchOptions
-from bokeh_memwatch.recycle import RECYCLE_EXIT_STATUS, detect_supervisor, parse_recycle_at, parse_size
+from bokeh_memwatch.recycle import (
+    RECYCLE_EXIT_STATUS,
+    Recycler,
+    detect_supervisor,
+    parse_recycle_at,
+    parse_size,
+)
 from bokeh_memwatch.registry import WorkerRegistry
 from tests.conftest import ROOT, free_port, http, open_and_close_sessions, script_app, wait_until
 
@@ -95,6 +102,62 @@ def test_detect_supervisor() -> None:
     assert detect_supervisor({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == "kubernetes"
     assert detect_supervisor({"BOKEH_MEMWATCH_SUPERVISED": "1"}) is not None
     assert detect_supervisor({"BOKEH_MEMWATCH_SUPERVISED": "0"}) is None
+
+
+# -- the recycler's decisions ---------------------------------------------------------------------
+
+
+class _HeldOpen(Recycler):
+    """ A recycler whose worker keeps one websocket connection open. """
+
+    def connections(self) -> int:
+        return 1
+
+
+def _run_recycler(rss_values: list[float], *, threshold: str = "100B", cls: type[Recycler] = Recycler,
+                  drain_timeout_s: float = 30.0, wait_s: float = 5.0) -> tuple[Recycler, list[int]]:
+    exits: list[int] = []
+
+    async def main() -> Recycler:
+        parsed = parse_recycle_at(threshold)
+        assert parsed is not None
+        recycler = cls(MemWatch(), parsed, samples=3, drain_timeout_s=drain_timeout_s, settle_s=0.1,
+                       check_interval_s=0.02, exit=exits.append)
+        recycler.start(None, None)
+        for rss in rss_values:
+            recycler.on_sample({"rss_bytes": rss}, {})
+            await asyncio.sleep(0)
+        deadline = time.monotonic() + wait_s
+        while not exits and recycler.state != "serving" and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return recycler
+
+    return asyncio.run(main()), exits
+
+
+def test_one_spike_does_not_recycle() -> None:
+    recycler, exits = _run_recycler([150, 150, 50, 150, 150, 50, 150])
+    assert recycler.state == "serving" and recycler.ready and exits == []
+
+
+def test_sustained_crossing_drains_and_exits_75_when_no_connection_is_left() -> None:
+    recycler, exits = _run_recycler([150, 150, 150])
+    assert exits == [RECYCLE_EXIT_STATUS]
+    assert recycler.outcome == "sessions_ended" and not recycler.ready
+    state = recycler.state_dict()
+    assert state["crossed"]["rss_bytes"] == 150 and state["crossed"]["samples"] == 3
+    assert state["drain"]["connections"] == 0
+
+
+def test_a_drain_that_never_empties_ends_at_its_timeout() -> None:
+    recycler, exits = _run_recycler([150, 150, 150], cls=_HeldOpen, drain_timeout_s=0.3)
+    assert exits == [RECYCLE_EXIT_STATUS] and recycler.outcome == "timeout"
+
+
+def test_a_fraction_without_a_memory_limit_never_recycles(caplog: pytest.LogCaptureFixture) -> None:
+    recycler, exits = _run_recycler([10**12] * 5, threshold="0.5")
+    assert recycler.state == "serving" and exits == []
+    assert sum("no limit was found" in r.getMessage() for r in caplog.records) == 1
 
 
 # -- the registry -------------------------------------------------------------------------------

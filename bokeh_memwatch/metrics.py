@@ -28,6 +28,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
+from .probes import RECYCLE_METRICS, recycle_metrics
 from .views import JSONHandler, Routes, no_query_args
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ METRIC_NAMES: tuple[str, ...] = (
     PREFIX + "limit_reports_total",
     PREFIX + "history_dropped_samples_total",
     PREFIX + "build_info",
+    *(PREFIX + name for name in RECYCLE_METRICS),
 )
 
 
@@ -180,8 +182,6 @@ class MemwatchCollector:
                 dropped.add_metric([me], mw.cluster.db.dropped)
         yield reports
         yield dropped
-        from .probes import recycle_metrics
-
         yield from recycle_metrics(mw, PREFIX)
         import bokeh
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = (
+    "RECYCLE_METRICS",
     "probe_routes",
     "recycle_metrics",
     "recycle_routes",
@@ -104,6 +105,11 @@ def recycle_state(memwatch: MemWatch) -> dict[str, Any]:
 
 def recycle_routes(memwatch: MemWatch) -> Routes:
     return [(r"/memwatch/api/recycle/?", RecycleHandler, {"memwatch": memwatch})]
+
+
+#: The series :func:`recycle_metrics` writes (without the prefix).
+RECYCLE_METRICS = ("draining", "recycle_pending", "drain_seconds", "drain_timeout_seconds",
+                   "recycle_threshold_bytes", "recycles_total")
 
 
 def recycle_metrics(memwatch: MemWatch, prefix: str) -> Iterator[Metric]:

@@ -385,6 +385,12 @@ def test_a_leaking_worker_drains_exits_and_is_replaced_without_a_failed_request(
     old_rss = start_rss[draining["pid"]]
     assert new_rss < old_rss * 1.25 + 32 * MiB, (new_rss, old_rss)
     assert new_rss < event["rss_bytes"] - 100 * MiB
+    # Metrics: the recycle, counted per server (whichever worker answers the scrape).
+    metrics = http("GET", f"{base}/memwatch/metrics")[2]
+    counted = [line for line in metrics.splitlines()
+               if line.startswith('bokeh_memwatch_recycles_total{outcome="sessions_ended",reason="rss_bytes"}')]
+    assert counted and float(counted[0].split()[-1]) >= 1, metrics
+    assert f'bokeh_memwatch_draining{{pid="{new_pid}"}} 0.0' in metrics
     exited_at = event["t"]
     _write_figures("recycle-num-procs-2", {
         "threshold": THRESHOLD, "drain_s": event["drain_s"], "rss_at_crossing_bytes": event["rss_bytes"],

@@ -198,7 +198,8 @@ class Forwarder:
                 return True
         return False  # nobody has it: this worker answers (its 404)
 
-    def _target(self, handler: RequestHandler) -> int | None:
+    @staticmethod
+    def _target(handler: RequestHandler) -> int | None:
         raw = handler.request.headers.get(TARGET_HEADER) or handler.get_query_argument(TARGET_ARG, "")
         # Handled here: the handlers themselves never see it.
         handler.request.query_arguments.pop(TARGET_ARG, None)
@@ -290,7 +291,14 @@ def _error(handler: RequestHandler, status: int, reason: str) -> None:
 async def forward_request(handler: RequestHandler, memwatch: MemWatch) -> bool:
     """ For ``JSONHandler.prepare``: answer from the owning worker when it is
     another one (True: answered). """
-    forwarder = memwatch.forwarder
-    if forwarder is None or is_forwarded(handler, memwatch):
+    if is_forwarded(handler, memwatch):
         return False
-    return await forwarder.handle(handler)
+    forwarder = memwatch.forwarder
+    if forwarder is not None:
+        return await forwarder.handle(handler)
+    target = Forwarder._target(handler)
+    if target is not None and target != os.getpid():
+        _error(handler, 404, f"no worker {target} reachable: forwarding between workers needs the history "
+                             "database (--memwatch-history-dir) and the HTTP side")
+        return True
+    return False

@@ -633,3 +633,13 @@ def test_any_worker_answers_for_every_worker(run_command, tmp_path: Path) -> Non
         "chains_ok": len(answered), "chains_forwarded": sum(1 for _, _, by in answered if by),
         "downloads_ok": len(files), "snapshot_bytes": len(files[0]),
     })
+
+
+def test_worker_parameter_without_forwarding(serve) -> None:
+    server = serve({"/clean": script_app("clean")}, memwatch=MemWatch(interval_ms=100, history_dir="none"))
+    me = os.getpid()
+    assert http("GET", f"{server.url}/memwatch/api/summary?worker={me}")[2]["pid"] == me
+    assert http("GET", f"{server.url}/memwatch/api/summary", headers={"X-Memwatch-Worker": str(me)})[0] == 200
+    status, _, body = http("GET", f"{server.url}/memwatch/api/summary?worker=1")
+    assert status == 404 and "history database" in body["error"]
+    assert http("GET", f"{server.url}/memwatch/api/summary?worker=-3")[0] == 400

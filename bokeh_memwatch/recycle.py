@@ -195,6 +195,7 @@ class Recycler:
         self.state = "serving"
         self.state_since = time.time()
         self.over = 0
+        self.under = 0
         self.crossed: dict[str, Any] | None = None
         self.waiting_for: int | None = None
         self.accepting = True
@@ -253,13 +254,22 @@ class Recycler:
 
     def on_sample(self, process: Mapping[str, float], apps: Mapping[str, Mapping[str, float]]) -> None:
         """ Called on the IOLoop after every tick. """
-        if self.state == "pending":
-            self._spawn(self._try_drain())
-            return
-        if self.state != "serving":
+        if self.state not in ("serving", "pending"):
             return
         rss = process.get("rss_bytes")
         threshold = self.threshold_bytes()
+        if self.state == "pending":
+            # Waiting for another worker's drain; back to serving if RSS fell back for as long.
+            self.under = self.under + 1 if threshold is not None and rss and rss < threshold else 0
+            if self.under >= self.samples:
+                log.warning("memwatch: worker %d is below the recycle threshold again (%d bytes) for %d samples; "
+                            "it serves on instead of draining", os.getpid(), rss, self.under)
+                self.over = self.under = 0
+                self.waiting_for = None
+                self._set_state("serving", None)
+                return
+            self._spawn(self._try_drain())
+            return
         if threshold is None:
             if not self._warned_no_limit:
                 self._warned_no_limit = True
@@ -327,6 +337,10 @@ class Recycler:
                                                      min_serving=1 if self._shared_socket() else 0)
                 except sqlite3.Error as e:
                     log.warning("memwatch: the drain lease could not be read (%s); draining anyway", e)
+            if self.state != "pending":  # back to serving meanwhile
+                if holder is None and self.registry is not None:
+                    await asyncio.to_thread(self.registry.release_drain, os.getpid())
+                return
             if holder is not None:
                 if self.waiting_for != holder:
                     log.warning("memwatch: worker %d waits to drain: %s", os.getpid(),

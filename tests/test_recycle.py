@@ -643,3 +643,53 @@ def test_worker_parameter_without_forwarding(serve) -> None:
     status, _, body = http("GET", f"{server.url}/memwatch/api/summary?worker=1")
     assert status == 404 and "history database" in body["error"]
     assert http("GET", f"{server.url}/memwatch/api/summary?worker=-3")[0] == 400
+
+
+def test_a_worker_waits_while_another_drains_and_serves_on_if_rss_falls(tmp_path: Path) -> None:
+    """ The lease, seen from the recycler: pending while another live
+    process holds it, draining once it is free; pending reverts to serving
+    when RSS falls back below the threshold. """
+    path = str(tmp_path / "history.sqlite3")
+    other = WorkerRegistry(path, server="s")
+    other.open()
+    other.register(os.getppid(), port=None)
+    assert other.try_acquire_drain(os.getppid()) is None  # a live process drains
+    exits: list[int] = []
+
+    async def main() -> tuple[list[str], Recycler]:
+        registry = WorkerRegistry(path, server="s")
+        registry.open()
+        registry.register(os.getpid(), port=None)
+        parsed = parse_recycle_at("100B")
+        assert parsed is not None
+        recycler = Recycler(MemWatch(), parsed, samples=2, settle_s=0.1, check_interval_s=0.02, exit=exits.append)
+        recycler.start(registry, None)
+        seen: list[str] = []
+
+        async def feed(rss: float, n: int) -> None:
+            for _ in range(n):
+                recycler.on_sample({"rss_bytes": rss}, {})
+                for _ in range(50):  # let the lease check (in a thread) finish
+                    await asyncio.sleep(0.01)
+                    if not recycler._busy and not recycler._tasks:
+                        break
+                seen.append(recycler.state)
+
+        await feed(150, 4)             # crossed, but 'other' holds the lease
+        assert recycler.waiting_for == os.getppid() and not recycler.ready
+        await feed(50, 2)              # RSS fell back: serving again
+        other.release_drain(os.getppid())
+        await feed(150, 3)             # crossed again, the lease is free: drain
+        deadline = time.monotonic() + 5
+        while not exits and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        registry.close()
+        return seen, recycler
+
+    seen, recycler = asyncio.run(main())
+    assert seen[:4] == ["serving", "pending", "pending", "pending"]
+    assert seen[4:6] == ["pending", "serving"]
+    assert seen[6:8] == ["serving", "draining"] or seen[6:8] == ["serving", "exiting"]
+    assert exits == [RECYCLE_EXIT_STATUS] and recycler.outcome == "sessions_ended"
+    assert other.recycles()[0]["pid"] == os.getpid()
+    other.close()

@@ -100,7 +100,11 @@ class WorkerRegistry:
         self._clock = clock
         self._alive = alive
         self._connection: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        # Reads have their own connection and lock: on the IOLoop (metrics,
+        # api/recycle) they never wait behind a write that waits for a lock.
+        self._read_lock = threading.Lock()
 
     def open(self) -> None:
         """ Connect and create the tables.  Raises ``OSError`` or
@@ -110,16 +114,19 @@ class WorkerRegistry:
         try:
             connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             connection.executescript(_SCHEMA)
+            reader = sqlite3.connect(self.path, timeout=0.2, check_same_thread=False, isolation_level=None)
         except BaseException:
             connection.close()
             raise
         self._connection = connection
+        self._reader = reader
 
     def close(self) -> None:
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        with self._lock, self._read_lock:
+            for connection in (self._connection, self._reader):
+                if connection is not None:
+                    connection.close()
+            self._connection = self._reader = None
 
     @property
     def is_open(self) -> bool:
@@ -128,10 +135,10 @@ class WorkerRegistry:
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """ A read (WAL: never waits for a writer). """
-        with self._lock:
-            if self._connection is None:
+        with self._read_lock:
+            if self._reader is None:
                 raise sqlite3.ProgrammingError("the worker registry is closed")
-            yield self._connection
+            yield self._reader
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

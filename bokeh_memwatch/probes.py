@@ -2,8 +2,10 @@
 
 ``{prefix}/memwatch/healthz`` (liveness) answers 200 ``ok`` while the
 IOLoop answers.  ``{prefix}/memwatch/readyz`` (readiness) answers 200
-``ok``, or 503 ``draining`` from the moment this worker crossed the recycle
-threshold (waiting for its turn, draining, exiting).  Kubelets probe from
+``ok``, or 503 ``draining`` from the moment this worker starts draining
+after crossing the recycle threshold until it exits.  (A worker over the
+threshold waiting for another's drain still serves and stays ready: with
+``--num-procs N`` the workers answer for one pod.)  Kubelets probe from
 outside the pod without credentials, so both answer **without** the token
 or the server's login, and say nothing beyond those two words (no pid, no
 figures); ``--memwatch-no-probes`` removes them.

@@ -8,7 +8,7 @@ of the container's memory limit, ``0.85``, or a size, ``1.5GiB``) for
    ``"recycle"``), so the evidence survives the restart;
 2. takes the server's drain lease in the shared history database
    (:class:`.registry.WorkerRegistry`): at most one worker drains at a time,
-   the others wait their turn (state ``pending``) and keep serving;
+   the others wait their turn (state ``pending``), serving and ready;
 3. **drains**: its readiness probe answers 503; with ``--num-procs N`` it
    stops listening on the shared socket (the other workers keep accepting
    there; its private forwarding port stays open); with one process it keeps
@@ -242,8 +242,11 @@ class Recycler:
 
     @property
     def ready(self) -> bool:
-        """ What readiness says: False from the crossing on. """
-        return self.state == "serving"
+        """ What readiness says: False from the start of the drain on.  A
+        worker waiting for its turn (``pending``) still serves: with
+        ``--num-procs N`` it shares the pod's readiness with a draining
+        sibling, and the pod must stay in the Service meanwhile. """
+        return self.state in ("serving", "pending")
 
     # -- the sampler's listener ----------------------------------------------------------
 

@@ -676,7 +676,7 @@ def test_a_worker_waits_while_another_drains_and_serves_on_if_rss_falls(tmp_path
                 seen.append(recycler.state)
 
         await feed(150, 4)             # crossed, but 'other' holds the lease
-        assert recycler.waiting_for == os.getppid() and not recycler.ready
+        assert recycler.waiting_for == os.getppid() and recycler.ready  # it serves while it waits
         await feed(50, 2)              # RSS fell back: serving again
         other.release_drain(os.getppid())
         await feed(150, 3)             # crossed again, the lease is free: drain

@@ -693,3 +693,60 @@ def test_a_worker_waits_while_another_drains_and_serves_on_if_rss_falls(tmp_path
     assert exits == [RECYCLE_EXIT_STATUS] and recycler.outcome == "sessions_ended"
     assert other.recycles()[0]["pid"] == os.getpid()
     other.close()
+
+
+def test_command_line_options_reach_memwatch_options() -> None:
+    import argparse
+
+    from bokeh_memwatch.command import MemwatchServe
+
+    parser = argparse.ArgumentParser()
+    serve = MemwatchServe(parser=parser)
+    args = parser.parse_args(["app.py", "--memwatch-recycle-at", "1.5GiB", "--memwatch-recycle-samples", "5",
+                              "--memwatch-drain-timeout", "42", "--memwatch-no-probes"])
+    options = serve.options(args)
+    assert (options.recycle_at, options.recycle_samples, options.drain_timeout_s, options.probes) == (
+        "1.5GiB", 5, 42.0, False)
+    defaults = serve.options(parser.parse_args(["app.py"]))
+    assert (defaults.recycle_at, defaults.recycle_samples, defaults.drain_timeout_s, defaults.probes) == (
+        "", 3, 600.0, True)
+
+
+def _readme_block(after: str) -> str:
+    """ The literal block that follows the paragraph ending in ``after::``. """
+    import textwrap
+
+    text = (ROOT / "README.rst").read_text()
+    start = text.index(after + "::") + len(after) + 2
+    lines: list[str] = []
+    for line in text[start:].splitlines()[1:]:
+        if line and not line.startswith(" "):
+            break
+        lines.append(line)
+    return textwrap.dedent("\n".join(lines)).strip("\n")
+
+
+def test_readme_kubernetes_and_systemd_examples_are_valid() -> None:
+    import argparse
+    import shlex
+
+    import yaml
+
+    from bokeh_memwatch.command import MemwatchServe
+
+    parser = argparse.ArgumentParser()
+    serve = MemwatchServe(parser=parser)
+    pod = yaml.safe_load(_readme_block("(one process per pod, several replicas behind a Service)"))
+    container = pod["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/memwatch/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/memwatch/readyz"
+    assert container["args"][:2] == ["bokeh-memwatch", "serve"]
+    options = serve.options(parser.parse_args(container["args"][2:]))
+    assert options.recycle_at == "0.85" and pod["terminationGracePeriodSeconds"] > options.drain_timeout_s
+
+    unit = _readme_block("**Under systemd**")
+    exec_start = unit.split("ExecStart=", 1)[1].split("\n    Environment", 1)[0]
+    argv = shlex.split(exec_start.replace("\\\n", " ").split("\n")[0])
+    assert argv[0].endswith("bokeh-memwatch") and argv[1] == "serve"
+    assert serve.options(parser.parse_args(argv[2:])).recycle_at == "1.5GiB"
+    assert "Restart=on-failure" in unit and "MemoryMax=" in unit

@@ -730,7 +730,7 @@ def test_readme_kubernetes_and_systemd_examples_are_valid() -> None:
     import argparse
     import shlex
 
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     from bokeh_memwatch.command import MemwatchServe
 

@@ -300,8 +300,13 @@ def _two_workers(base: str, headers: dict[str, str] | None = None) -> list[dict[
 
 
 def _first_rss(base: str, pid: int) -> float:
-    samples = _get(f"{base}/memwatch/api/history?pid={pid}&limit=1000")["samples"]
-    return float(next(s["rss_bytes"] for s in samples if s.get("rss_bytes")))
+    """ RSS in the first sample of ``pid`` (waiting for it to reach the
+    history database when another worker answers). """
+    def first() -> float | None:
+        samples = _get(f"{base}/memwatch/api/history?pid={pid}&limit=1000")["samples"]
+        return next((float(s["rss_bytes"]) for s in samples if s.get("rss_bytes")), None)
+
+    return wait_until(first, timeout_s=30, interval_s=0.1, what=f"a sample of worker {pid}") or 0.0
 
 
 def _write_figures(name: str, figures: dict[str, Any]) -> None:

@@ -299,14 +299,18 @@ def _two_workers(base: str, headers: dict[str, str] | None = None) -> list[dict[
     return workers if len(workers) == 2 and all(w["port"] for w in workers) else None
 
 
-def _first_rss(base: str, pid: int) -> float:
-    """ RSS in the first sample of ``pid`` (waiting for it to reach the
-    history database when another worker answers). """
-    def first() -> float | None:
+def _first_sample(base: str, pid: int) -> dict[str, Any]:
+    """ The first sample of ``pid`` (waiting for it to reach the history
+    database when another worker answers). """
+    def first() -> dict[str, Any] | None:
         samples = _get(f"{base}/memwatch/api/history?pid={pid}&limit=1000")["samples"]
-        return next((float(s["rss_bytes"]) for s in samples if s.get("rss_bytes")), None)
+        return next((s for s in samples if s.get("rss_bytes")), None)
 
-    return wait_until(first, timeout_s=30, interval_s=0.1, what=f"a sample of worker {pid}") or 0.0
+    return wait_until(first, timeout_s=30, interval_s=0.1, what=f"a sample of worker {pid}") or {}
+
+
+def _first_rss(base: str, pid: int) -> float:
+    return float(_first_sample(base, pid)["rss_bytes"])
 
 
 def _write_figures(name: str, figures: dict[str, Any]) -> None:
@@ -380,15 +384,22 @@ def test_a_leaking_worker_drains_exits_and_is_replaced_without_a_failed_request(
     assert f"child 0 (pid {draining['pid']}) exited with status 75" in server.log() or \
         f"child 1 (pid {draining['pid']}) exited with status 75" in server.log()
     # Its sessions kept working during the drain; sessions opened after it began went elsewhere.
-    assert drain_sessions, "the draining worker held none of the client's sessions"
+    # (The client holds every session until the drain is seen, so the crossing
+    # worker holds some unless the kernel gave every websocket to the other.)
+    held_through = [sid for sid, _ in client.opened if sid in drain_sessions]
+    assert held_through, "the draining worker held none of the client's websocket sessions"
     drain_began = event["drain_started_at"]
     late = [sid for sid, started in client.opened if started > drain_began and sid in drain_sessions]
     assert not late, late
     assert any(started > drain_began for _, started in client.opened)
     new_pid = fresh[0]["pid"]
-    new_rss = _first_rss(base, new_pid)
+    first = _first_sample(base, new_pid)
+    new_rss = float(first["rss_bytes"])
     old_rss = start_rss[draining["pid"]]
-    assert new_rss < old_rss * 1.25 + 32 * MiB, (new_rss, old_rss)
+    # Back near the start: what the old worker started at, plus the leak of
+    # the sessions (page loads and websockets) the new one served before it.
+    served = int(first.get("sessions_created_total") or 0)
+    assert new_rss < old_rss * 1.1 + served * 16 * MiB + 16 * MiB, (new_rss, old_rss, served)
     assert new_rss < event["rss_bytes"] - 100 * MiB
     # Metrics: the recycle, counted per server (whichever worker answers the scrape).
     metrics = http("GET", f"{base}/memwatch/metrics")[2]
@@ -402,7 +413,7 @@ def test_a_leaking_worker_drains_exits_and_is_replaced_without_a_failed_request(
         "rss_start_old_worker_bytes": old_rss, "rss_start_new_worker_bytes": new_rss,
         "requests_during_recycle": client.served_between(drain_began, exited_at),
         "requests_total": len(client.log), "failed_requests": len(client.failures),
-        "old_pid": draining["pid"], "new_pid": new_pid, "sessions_held_through_drain": len(drain_sessions),
+        "old_pid": draining["pid"], "new_pid": new_pid, "client_sessions_held_through_drain": len(held_through),
     })
 
 
@@ -531,8 +542,10 @@ def test_one_process_under_a_supervisor_is_recycled_without_a_failed_request(sup
     assert new_pid != first_pid and new_pid == supervisor.proc.pid
     event = next(e for e in _get(f"{base}/memwatch/api/recycle")["recycles"] if e["pid"] == first_pid)
     assert event["outcome"] == "sessions_ended" and event["rss_bytes"] >= 300 * MiB
-    new_rss = _first_rss(base, new_pid)
-    assert new_rss < first_rss * 1.25 + 32 * MiB, (new_rss, first_rss)
+    first = _first_sample(base, new_pid)
+    new_rss = float(first["rss_bytes"])
+    served = int(first.get("sessions_created_total") or 0)
+    assert new_rss < first_rss * 1.1 + served * 16 * MiB + 16 * MiB, (new_rss, first_rss, served)
     exited_at = supervisor.exits[0][2]
     restarted_at = supervisor.starts[1][1]
     _write_figures("recycle-one-process", {

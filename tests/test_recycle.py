@@ -768,3 +768,49 @@ def test_readme_kubernetes_and_systemd_examples_are_valid() -> None:
     assert argv[0].endswith("bokeh-memwatch") and argv[1] == "serve"
     assert serve.options(parser.parse_args(argv[2:])).recycle_at == "1.5GiB"
     assert "Restart=on-failure" in unit and "MemoryMax=" in unit
+
+
+def test_the_dashboard_talks_to_one_worker_and_moves_on_when_it_is_gone(run_command) -> None:
+    """ Under --num-procs 2 the page pins the first worker that answered
+    (X-Memwatch-Worker), so its figures and actions stay on one process; when
+    that worker dies (here SIGKILL, as the OOM killer would) it pins the next. """
+    from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"no Chromium at {CHROMIUM}")
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    port = free_port()
+    server = run_command(serve_argv(port, "--num-procs", "2", "tests/apps/clean.py"), port, env=ENV)
+    wait_until(lambda: _two_workers(server.url), timeout_s=30, what="both workers registered")
+    seen: list[tuple[str | None, str | None, int]] = []  # (X-Memwatch-Worker sent, X-Memwatch-Pid, status)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("response", lambda r: seen.append((r.request.headers.get("x-memwatch-worker"),
+                                                       r.headers.get("x-memwatch-pid"), r.status))
+                    if "/memwatch/api/" in r.url else None)
+            page.goto(f"{server.url}/memwatch", wait_until="load")
+            page.wait_for_function("() => window.memwatchDashboard && window.memwatchDashboard.state.polls >= 3",
+                                   timeout=60_000)
+            pinned = {sent for sent, _, _ in seen if sent}
+            assert len(pinned) == 1, seen
+            first = int(next(iter(pinned)))
+            assert all(pid == str(first) for sent, pid, _ in seen if sent), seen
+            os.kill(first, signal.SIGKILL)
+            count = len(seen)
+
+            def moved() -> bool:
+                later = [(sent, pid, status) for sent, pid, status in seen[count:] if sent and sent != str(first)]
+                return len(later) >= 3
+
+            deadline = time.monotonic() + 60
+            while not moved() and time.monotonic() < deadline:
+                page.wait_for_timeout(200)  # playwright delivers events while it runs
+            assert moved(), seen[count:]
+            later = [(sent, pid) for sent, pid, status in seen[count:] if sent and sent != str(first)]
+            assert all(sent == pid for sent, pid in later), later
+        finally:
+            browser.close()

@@ -100,7 +100,7 @@ class RecycleThreshold:
 
     def describe(self) -> str:
         if self.rss_bytes is not None:
-            return f"RSS {self.rss_bytes} bytes ({self.text})"
+            return f"an RSS of {self.text}"
         return f"{self.fraction:.0%} of the memory limit"
 
 
@@ -431,7 +431,7 @@ class Recycler:
             except sqlite3.Error as e:
                 log.warning("memwatch: could not record the recycle in the history database: %s", e)
         log.warning(
-            "memwatch: worker %d recycled: RSS %d bytes reached %s; drained in %.1f s (%s, %d connection(s) "
+            "memwatch: worker %d recycled: its RSS (%d bytes) was over %s; drained in %.1f s (%s, %d connection(s) "
             "left); exiting with status %d so that %s starts a fresh one", os.getpid(),
             (self.crossed or {}).get("rss_bytes", 0), self.threshold.describe(), drained_s,
             "the last session ended" if outcome == "sessions_ended" else "the drain timeout passed",

@@ -10,8 +10,12 @@ received a request forwards it to the worker that owns the object:
 
 * **by id**: ``api/orphans/<session_id>/chain``, ``api/snapshots/<id>`` (and
   its ``/tracemalloc`` download), ``api/allocators?snapshot=<id>&compare=<id>``:
-  when this worker does not know the id, it asks the others in turn; the
-  first answer other than 404 is relayed (streamed, for downloads);
+  when this worker does not have it, it asks the others in turn and relays
+  (streams, for downloads) the first answer about the object itself: not a
+  404, and for a chain not 409/410 either, since Bokeh can make one session
+  id on two workers (a page load on one, its websocket on the other), alive
+  or collected on one and orphaned on the other.  When no other worker has
+  it, this one answers;
 * **by worker**: any API request with ``?worker=<pid>`` or an
   ``X-Memwatch-Worker: <pid>`` header (gc, tracemalloc, baseline, taking a
   snapshot, a worker's orphans) goes to that worker; 404 when it is no
@@ -153,7 +157,12 @@ class Forwarder:
         has it or not); None when it names none. """
         match = _CHAIN.match(rel)
         if match:
-            return self.memwatch.tracker.find(match.group(1)) is not None
+            # With --num-procs one session id can be known to two workers (the
+            # page load on one, the websocket on the other): it is this one's
+            # when this one holds something of it after its destroy.
+            record = self.memwatch.tracker.find(match.group(1))
+            return record is not None and record.destroyed and (
+                record.doc_ref() is not None or any(ref() is not None for ref in list(record.model_refs.values())))
         match = _SNAPSHOT.match(rel)
         if match:
             return self._has_snapshot(match.group(1))
@@ -193,10 +202,13 @@ class Forwarder:
             return True
         if target == me or not rel or self.owned_here(handler, rel) is not False:
             return False
+        # Relayed: the first answer about the object itself; "unknown", and for
+        # a chain "alive" or "collected" there, mean another worker may have it.
+        skip = (404, 409, 410) if _CHAIN.match(rel) else (404,)
         for worker in await self.others():
-            if await self._relay(handler, worker, probe=True):
+            if await self._relay(handler, worker, probe=True, skip=skip):
                 return True
-        return False  # nobody has it: this worker answers (its 404)
+        return False  # nobody else has it: this worker answers for itself
 
     @staticmethod
     def _target(handler: RequestHandler) -> int | None:
@@ -216,9 +228,11 @@ class Forwarder:
             raise HTTPError(400, reason=f"{TARGET_ARG} must be a worker's pid, got {raw[:40]!r}")
         return pid
 
-    async def _relay(self, handler: RequestHandler, worker: dict[str, Any], *, probe: bool) -> bool:
+    async def _relay(self, handler: RequestHandler, worker: dict[str, Any], *, probe: bool,
+                     skip: tuple[int, ...] = (404,)) -> bool:
         """ Send the request to ``worker``; relay its answer.  With ``probe``
-        a 404 or no answer is not relayed (returns False). """
+        an answer whose status is in ``skip``, or none, is not relayed
+        (returns False). """
         request = handler.request
         query = [(k, v.decode("utf-8", "replace")) for k, values in request.query_arguments.items()
                  for v in values]
@@ -243,7 +257,7 @@ class Forwarder:
             if 100 <= code < 200:  # an interim answer: the real one follows
                 status["code"] = None
                 return
-            if probe and code == 404:
+            if probe and code in skip:
                 status["skip"] = True
                 return
             status["started"] = True

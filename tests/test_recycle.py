@@ -814,3 +814,42 @@ def test_the_dashboard_talks_to_one_worker_and_moves_on_when_it_is_gone(run_comm
             assert all(sent == pid for sent, pid in later), later
         finally:
             browser.close()
+
+
+def test_a_session_id_known_to_two_workers_is_answered_by_the_one_holding_it(run_command) -> None:
+    """ One id, two workers (Bokeh lets a page load on one worker and its
+    websocket on another make the same session id): alive on the first,
+    destroyed with its Document leaked on the second.  "Why alive?" asked of
+    the first is answered by the second. """
+    from bokeh.client import pull_session
+    from bokeh.core.types import ID
+
+    port = free_port()
+    server = run_command(serve_argv(port, "--num-procs", "2", "tests/apps/leak_if_asked.py"), port, env=ENV)
+    workers = wait_until(lambda: _two_workers(server.url), timeout_s=30, what="both workers registered") or []
+    (a, a_port), (b, b_port) = sorted((w["pid"], w["port"]) for w in workers)
+    session_id = "shared-session-id-0123456789abcdef0123"
+    held = pull_session(session_id=ID(session_id), url=f"http://127.0.0.1:{a_port}/leak_if_asked")
+    session = pull_session(session_id=ID(session_id), url=f"http://127.0.0.1:{b_port}/leak_if_asked",
+                           arguments={"leak": "1"})
+    session.close()
+
+    def state(pid: int) -> str | None:
+        http("POST", f"{server.url}/memwatch/api/gc", {}, {"X-Memwatch-Worker": str(pid)})
+        body = _get(f"{server.url}/memwatch/api/orphans", {"X-Memwatch-Worker": str(pid)})
+        rows = {row["session_id"]: kind for kind in ("orphans", "pending") for row in body[kind]}
+        return rows.get(session_id)
+
+    wait_until(lambda: state(b) == "orphans", timeout_s=30, interval_s=0.2, what="the orphan on the websocket's worker")
+    sessions_a = _get(f"{server.url}/memwatch/api/sessions", {"X-Memwatch-Worker": str(a)})["sessions"]
+    assert session_id in {row["id"] for row in sessions_a}  # alive there
+    status, _, body = http("POST", f"{server.url}/memwatch/api/orphans/{session_id}/chain", {},
+                           {"X-Memwatch-Worker": str(a)})
+    assert status == 409, (status, body)  # asked of that worker itself: its page session is alive
+    try:
+        for url in (f"http://127.0.0.1:{a_port}", f"http://127.0.0.1:{b_port}", server.url):
+            status, headers, body = http("POST", f"{url}/memwatch/api/orphans/{session_id}/chain", {})
+            assert status == 200, (url, status, body)
+            assert int(headers["X-Memwatch-Pid"]) == b and body["target"] == "Document"
+    finally:
+        held.close()

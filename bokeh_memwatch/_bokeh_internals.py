@@ -16,10 +16,12 @@ from bokeh.server.tornado import BokehTornado
 
 if TYPE_CHECKING:
     from bokeh.server.server import BaseServer
+    from tornado.httpserver import HTTPServer
 
 log = logging.getLogger(__name__)
 
 __all__ = (
+    "http_server_of",
     "on_tornado_start",
     "server_settings",
     "tornado_app_of",
@@ -35,6 +37,17 @@ def tornado_app_of(server: BaseServer) -> BokehTornado:
     if not isinstance(app, BokehTornado):
         raise TypeError(f"expected Server._tornado to be a BokehTornado, got {type(app).__name__}")
     return app
+
+
+def http_server_of(server: BaseServer) -> HTTPServer:
+    """ The tornado ``HTTPServer`` listening for a ``bokeh.server.server.Server``
+    (a drain stops it in one worker; ``Server`` has no public accessor). """
+    from tornado.httpserver import HTTPServer
+
+    http = server._http
+    if not isinstance(http, HTTPServer):
+        raise TypeError(f"expected Server._http to be an HTTPServer, got {type(http).__name__}")
+    return http
 
 
 def server_settings(app: BokehTornado) -> dict[str, Any]:

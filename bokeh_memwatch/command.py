@@ -130,6 +130,26 @@ class MemwatchServe(Serve):
                  "jobs in a thread, 'refuse' answers 409, 'force' forks anyway (may freeze the server), "
                  "'never' always uses a thread (default: auto)",
         )),
+        ("--memwatch-recycle-at", Argument(
+            metavar="FRACTION|SIZE", default=None,
+            help="Recycle a worker gracefully when its RSS stays at or above this (a fraction of the container's "
+                 "memory limit, 0.85, or a size, 1.5GiB) for --memwatch-recycle-samples samples: write the limit "
+                 "report, drain (readyz 503, stop accepting, live sessions go on), exit with status 75 so that "
+                 "--num-procs or the supervisor starts a fresh worker (default: off)",
+        )),
+        ("--memwatch-recycle-samples", Argument(
+            metavar="N", type=int, default=None,
+            help=f"Samples in a row above --memwatch-recycle-at needed (default: {_DEFAULTS.recycle_samples})",
+        )),
+        ("--memwatch-drain-timeout", Argument(
+            metavar="SECONDS", type=float, default=None,
+            help="Longest a recycled worker drains before it exits anyway "
+                 f"(default: {_DEFAULTS.drain_timeout_s:g})",
+        )),
+        ("--memwatch-no-probes", Argument(
+            action="store_true",
+            help="Do not mount {prefix}/memwatch/healthz and readyz (they answer without credentials)",
+        )),
         ("--memwatch-tracemalloc", Argument(
             metavar="FRAMES", type=int, default=None,
             help="Start tracemalloc with this many frames before the apps are loaded",
@@ -148,6 +168,9 @@ class MemwatchServe(Serve):
             ("memwatch_history_dir", "history_dir"),
             ("memwatch_limit_fraction", "limit_fraction"),
             ("memwatch_heap_fork", "heap_fork"),
+            ("memwatch_recycle_at", "recycle_at"),
+            ("memwatch_recycle_samples", "recycle_samples"),
+            ("memwatch_drain_timeout", "drain_timeout_s"),
         ):
             value = getattr(args, flag, None)
             if value is not None:
@@ -160,6 +183,8 @@ class MemwatchServe(Serve):
             overrides["http"] = False
         if getattr(args, "memwatch_show_values", False):
             overrides["show_values"] = True
+        if getattr(args, "memwatch_no_probes", False):
+            overrides["probes"] = False
         return MemwatchOptions(**overrides)
 
     def invoke(self, args: argparse.Namespace) -> None:
@@ -187,11 +212,12 @@ class MemwatchServe(Serve):
         return kwargs
 
     def customize_server(self, server: Any) -> Any:
-        from ._bokeh_internals import tornado_app_of
+        from ._bokeh_internals import http_server_of, tornado_app_of
 
         server = super().customize_server(server)
         assert self.memwatch is not None
         self.memwatch.note_tornado_app(tornado_app_of(server))
+        self.memwatch.note_http_server(http_server_of(server))
         self.memwatch.server_port = server.port
         return server
 

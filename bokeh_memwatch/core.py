@@ -20,6 +20,7 @@ import functools
 import gc
 import logging
 import os
+import secrets
 import sys
 import time
 import weakref
@@ -48,7 +49,12 @@ if TYPE_CHECKING:
     from bokeh.server.server import BaseServer
     from bokeh.server.session import ServerSession
     from bokeh.server.tornado import BokehTornado
+    from tornado.httpserver import HTTPServer
     from tornado.ioloop import IOLoop
+
+    from .forwarding import Forwarder, PrivateListener
+    from .recycle import Recycler
+    from .registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +157,24 @@ class MemwatchOptions:
     # demand only), at most one per census_min_interval_s.
     census_interval_s: float = 600.0
     census_min_interval_s: float = 60.0
+    # Recycling (recycle.py): where ("" off, a fraction of the memory limit
+    # or a size such as "1.5GiB"), for how many samples in a row, the longest
+    # drain; the Kubernetes probes (probes.py); forwarding requests to the
+    # worker that owns their object (forwarding.py).
+    recycle_at: str = ""
+    recycle_samples: int = 3
+    drain_timeout_s: float = 600.0
+    probes: bool = True
+    forward: bool = True
 
     def __post_init__(self) -> None:
+        from .recycle import parse_recycle_at
+
+        parse_recycle_at(self.recycle_at)  # raises ValueError
+        if self.recycle_samples < 1:
+            raise ValueError(f"recycle_samples must be >= 1, got {self.recycle_samples}")
+        if self.drain_timeout_s <= 0:
+            raise ValueError(f"drain_timeout_s must be > 0, got {self.drain_timeout_s}")
         if self.history_max_bytes < 64 * 1024:
             raise ValueError(f"history_max_bytes must be at least 65536, got {self.history_max_bytes}")
         if not 0 <= self.limit_fraction <= 1:
@@ -249,19 +271,30 @@ class MemWatch:
         self.cluster: Cluster | None = None
         #: The server's port, when the way in knows it (names its history).
         self.server_port: int | None = None
+        #: Workers (workers.py): the registry in the history database, this
+        #: worker's private port and forwarder, its recycler, the server's
+        #: listener (stopped by a drain), the secret forwarded requests carry
+        #: (made here, before any fork, so every worker has it).
+        self.registry: WorkerRegistry | None = None
+        self.forwarder: Forwarder | None = None
+        self.private: PrivateListener | None = None
+        self.recycler: Recycler | None = None
+        self.http_server: HTTPServer | None = None
+        self.forward_secret = secrets.token_urlsafe(32)
 
     # -- wiring -------------------------------------------------------------
 
     def patterns(self) -> list[tuple[str, type, dict[str, Any]]]:
         """ Tornado routes for ``Server(..., extra_patterns=...)``; Bokeh
         prepends the server's ``--prefix`` to each. """
+        from .probes import probe_routes
         from .views import routes
 
         if not self.options.http:
             from .metrics import metrics_routes
 
-            return metrics_routes(self)
-        return routes(self)
+            return [*probe_routes(self), *metrics_routes(self)]
+        return [*probe_routes(self), *routes(self)]
 
     def instrument(self, applications: Applications) -> dict[str, Application]:
         """ Add memwatch's handler to every application; returns the
@@ -341,6 +374,9 @@ class MemWatch:
         collectors = [*collectors, self.cluster.cgroup]
         self._process = next((c for c in collectors if isinstance(c, ProcessCollector)), None) or ProcessCollector()
         self.store = SampleStore(self.options.capacity)
+        from .workers import make_recycler, start_worker_services
+
+        self.recycler = make_recycler(self)
         self.sampler = Sampler(
             store=self.store,
             tracker=self.tracker,
@@ -348,11 +384,12 @@ class MemWatch:
             collectors=collectors,
             interval_ms=self.options.interval_ms,
             budget_s=self.options.tick_budget_ms / 1000,
-            listeners=[self.cluster.on_sample],
+            listeners=[self.cluster.on_sample, *([self.recycler.on_sample] if self.recycler else [])],
             verify=self.verify_destroyed,
             verify_min_interval_s=self.options.verify_min_interval_s,
         )
         self.cluster.start()
+        start_worker_services(self)
         self.sampler.start(io_loop)
         log.info("memwatch sampling every %d ms in process %d", self.options.interval_ms, self._pid)
         self.snapshots = SnapshotManager(
@@ -378,6 +415,9 @@ class MemWatch:
                 io_loop.add_callback(self.census.start)
 
     def stop(self) -> None:
+        from .workers import stop_worker_services
+
+        stop_worker_services(self)
         if self.census is not None:
             self.census.stop()
         if self.sampler is not None:
@@ -440,6 +480,7 @@ class MemWatch:
             result["workers"] = self.cluster.workers(live)
             result.update(self.cluster.limit_state(result["rss_bytes"]))
             result["history"] = self.cluster.history_state()
+        result["recycle"] = self.recycler.state_dict() if self.recycler is not None else {"enabled": False}
         return result
 
     def report_settings(self) -> dict[str, Any]:
@@ -475,6 +516,14 @@ class MemWatch:
         except Exception:
             log.warning("memwatch could not read the server settings", exc_info=True)
             return {}
+
+    def note_http_server(self, server: HTTPServer) -> None:
+        """ Remember the server's listener (a drain stops it in this worker). """
+        self.http_server = server
+
+    @property
+    def tornado_app(self) -> BokehTornado | None:
+        return self._tornado() if self._tornado is not None else None
 
     def note_tornado_app(self, app: BokehTornado) -> None:
         """ Remember the server's tornado application (for its settings). """

@@ -126,12 +126,19 @@
     return out;
   }
 
-  async function request(method, path, body) {
+  // With --num-procs N any worker may answer a request.  The page talks to
+  // one worker, the first that answered, naming it in X-Memwatch-Worker (the
+  // workers forward to it), so what it shows and what its buttons do stay on
+  // one process; when that worker is gone (recycled) it takes the next one.
+  var workerPid = null;
+
+  async function request(method, path, body, retried) {
     var init = { method: method, credentials: "same-origin", headers: { "Accept": "application/json" } };
     if (method !== "GET") {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body || {});
     }
+    if (workerPid !== null) init.headers["X-Memwatch-Worker"] = String(workerPid);
     var response;
     try {
       response = await fetch(API + path, init);
@@ -144,6 +151,13 @@
     } catch (e) {
       data = { error: "HTTP " + response.status + " (not JSON)" };
     }
+    var error = (data && data.error) || "";
+    if (workerPid !== null && !retried && ((response.status === 404 && /^no worker /.test(error)) ||
+                                           (response.status === 502 && /^worker \d+ did not answer/.test(error)))) {
+      workerPid = null;
+      return request(method, path, body, true);
+    }
+    if (workerPid === null && response.ok && data && typeof data.pid === "number") workerPid = data.pid;
     return { status: response.status, ok: response.ok, data: data || {} };
   }
 

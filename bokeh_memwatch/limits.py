@@ -101,17 +101,18 @@ def _stamp(now: float) -> str:
 
 async def write_limit_report(
     memwatch: MemWatch, directory: str, *, rss_bytes: float, limit_bytes: float, fraction: float,
-    keep: int = 10, allocators_limit: int = 25,
+    keep: int = 10, allocators_limit: int = 25, reason: str = "memory_limit", extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """ Write the light report (and a snapshot when tracing) to ``directory``;
-    returns ``{"report": path, "snapshot": path | None, ...}``. """
+    returns ``{"report": path, "snapshot": path | None, ...}``.  ``reason``
+    and ``extra`` (more top-level fields) say why it was written. """
     os.makedirs(directory, mode=0o700, exist_ok=True)
     now = time.time()
     stem = os.path.join(directory, f"{REPORT_PREFIX}{os.getpid()}-{_stamp(now)}")
     report: dict[str, Any] = {
         "format": "bokeh-memwatch-report",
         "format_version": 1,
-        "reason": "memory_limit",
+        "reason": reason,
         "created_at": now,
         "pid": os.getpid(),
         "rss_bytes": rss_bytes,
@@ -120,6 +121,7 @@ async def write_limit_report(
         "limit_fraction": fraction,
         "note": "light report written automatically near the memory limit: no chain search or type summary "
                 "(those walk the heap in a forked child, whose pages count against the same limit)",
+        **(extra or {}),
     }
     for name, read in (("summary", memwatch.summary), ("orphans", memwatch.orphans),
                        ("sessions", memwatch.sessions)):

@@ -28,6 +28,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
+from .probes import RECYCLE_METRICS, recycle_metrics
 from .views import JSONHandler, Routes, no_query_args
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ METRIC_NAMES: tuple[str, ...] = (
     PREFIX + "census_growing_types",
     PREFIX + "census_type_growth_per_session",
     PREFIX + "census_type_growth_bytes_per_session",
+    *(PREFIX + name for name in RECYCLE_METRICS),
 )
 
 
@@ -193,6 +195,7 @@ class MemwatchCollector:
         yield reports
         yield dropped
         yield from _census_metrics(mw, me)
+        yield from recycle_metrics(mw, PREFIX)
         import bokeh
 
         info = GaugeMetricFamily(PREFIX + "build_info", "Versions (value 1)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ._bokeh_internals import tornado_app_of
+from ._bokeh_internals import http_server_of, tornado_app_of
 from .core import MemWatch
 
 if TYPE_CHECKING:
@@ -39,5 +39,6 @@ def memwatch_server(
     server_kwargs["extra_patterns"] = [*(server_kwargs.get("extra_patterns") or []), *mw.patterns()]
     server = Server(apps, **server_kwargs)
     mw.note_tornado_app(tornado_app_of(server))
+    mw.note_http_server(http_server_of(server))
     mw.server_port = server.port
     return server

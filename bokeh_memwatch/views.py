@@ -104,9 +104,13 @@ class JSONHandler(AuthRequestHandler):
     async def prepare(self) -> None:
         await super().prepare()  # type: ignore[no-untyped-call]
         self.memwatch.note_tornado_app(self.application)  # type: ignore[arg-type]
-        check_access(self, self.memwatch.options)
-        if not (self.cross_site_navigation and self.request.method == "GET" and _is_navigation(self.request)):
-            check_same_origin(self)
+        from .forwarding import forward_request, is_forwarded
+
+        if not is_forwarded(self, self.memwatch):  # a worker of this server checked it already
+            check_access(self, self.memwatch.options)
+            if not (self.cross_site_navigation and self.request.method == "GET" and _is_navigation(self.request)):
+                check_same_origin(self)
+        await forward_request(self, self.memwatch)  # answered by the worker that owns the object, if another
 
     def write_json(self, data: dict[str, Any], status: int = 200, *, rendered: bytes | None = None) -> None:
         """ Answer ``data``; ``rendered`` is a JSON object a heap worker
@@ -382,6 +386,10 @@ ENDPOINTS: list[dict[str, str]] = [
     {"method": "GET", "path": "metrics",
      "purpose": "Prometheus text format: RSS, sessions, Documents, Models, orphans per worker (pid) and app"},
     {"method": "POST", "path": "api/gc", "purpose": "run one full garbage collection (rate-limited)"},
+    {"method": "GET", "path": "api/recycle",
+     "purpose": "recycling: this worker's state (threshold, drain), every worker's, the newest recycles"},
+    {"method": "GET", "path": "healthz", "purpose": "liveness probe: 200 ok (no credentials, reveals nothing)"},
+    {"method": "GET", "path": "readyz", "purpose": "readiness probe: 200 ok, 503 draining (no credentials)"},
     {"method": "GET", "path": "api/advice",
      "purpose": "the memory checklist applied to live data: [{id, severity, title, evidence, fix, article_section}]"},
     # heap snapshots (snapshot_views.py)
@@ -537,9 +545,10 @@ def routes(memwatch: MemWatch) -> Routes:
     from .census_views import census_routes
     from .dashboard import dashboard_routes
     from .metrics import metrics_routes
+    from .probes import recycle_routes
     from .snapshot_views import snapshot_routes
 
-    return [*api_routes(memwatch), *metrics_routes(memwatch), *snapshot_routes(memwatch),
+    return [*api_routes(memwatch), *recycle_routes(memwatch), *metrics_routes(memwatch), *snapshot_routes(memwatch),
             *dashboard_routes(memwatch), *census_routes(memwatch), *fallback_routes(memwatch)]
 
 

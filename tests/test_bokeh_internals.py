@@ -17,7 +17,7 @@ from bokeh.server.session import ServerSession
 from bokeh.server.tornado import BokehTornado
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch._bokeh_internals import on_tornado_start, server_settings, tornado_app_of
+from bokeh_memwatch._bokeh_internals import http_server_of, on_tornado_start, server_settings, tornado_app_of
 
 from .conftest import script_app
 
@@ -30,6 +30,16 @@ def test_server_keeps_its_tornado_app_in_underscore_tornado(serve) -> None:
     provider = app.auth_provider
     for name in ("get_user", "get_user_async", "login_url", "get_login_url"):
         assert hasattr(provider, name), f"AuthProvider.{name} is gone"
+
+
+def test_server_keeps_its_listener_in_underscore_http(serve) -> None:
+    """ A recycling worker stops listening through ``Server._http``. """
+    from tornado.httpserver import HTTPServer
+
+    server = serve({"/clean": script_app("clean")})
+    http = http_server_of(server.server)
+    assert isinstance(http, HTTPServer), "Server._http is gone or no longer an HTTPServer"
+    assert http._sockets, "HTTPServer keeps no listening sockets: stop() would not stop accepting"
 
 
 def test_session_lifetime_settings_are_where_we_read_them(serve) -> None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from tornado.web import RequestHandler
 
-from .views import JSONHandler, Routes, no_query_args
+from .views import JSONHandler, Routes, check_same_origin, no_query_args
 
 if TYPE_CHECKING:
     from .core import MemWatch
@@ -54,6 +54,12 @@ class ProbeHandler(RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.clear_header("Server")
 
+    def prepare(self) -> None:
+        # Kubelets and load balancers send no Sec-Fetch-Site or Origin; a
+        # page of another site in an operator's browser does: refused, as on
+        # every other memwatch endpoint.
+        check_same_origin(self)
+
     def get(self) -> None:
         recycler = self.memwatch.recycler
         if self.readiness and recycler is not None and not recycler.ready:
@@ -66,7 +72,7 @@ class ProbeHandler(RequestHandler):
         self.get()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.finish(f"{status_code}\n")
+        self.finish(f"{status_code} {self._reason}\n")
 
 
 def probe_routes(memwatch: MemWatch) -> Routes:

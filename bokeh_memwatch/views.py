@@ -38,7 +38,7 @@ from urllib.parse import unquote_plus, urlsplit
 from bokeh.server.util import check_allowlist
 from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from bokeh.settings import settings as bokeh_settings
-from tornado.web import HTTPError
+from tornado.web import HTTPError, RequestHandler
 
 from .core import SessionAlive, SessionCollected, UnknownSession
 from .heapwork import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
@@ -261,7 +261,7 @@ def _token_ok(handler: JSONHandler, token: str) -> bool:
     return ok
 
 
-def check_same_origin(handler: JSONHandler) -> None:
+def check_same_origin(handler: RequestHandler) -> None:
     """ Refuse a request sent by a page of another origin: an action, or a
     GET that an ``<img>`` on any page could repeat (a heap job forks).
     (Actions also require a JSON body, which such a page cannot send without

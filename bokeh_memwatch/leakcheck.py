@@ -25,7 +25,6 @@ touches memwatch runs on the server's IOLoop.  Results are plain data;
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import re
@@ -332,9 +331,9 @@ class LeakCheck:
         return dict(Counter(kinds))
 
     def _websocket_session(self, url: str) -> None:
-        from bokeh.client import pull_session
+        from .testing import client_session
 
-        with contextlib.closing(pull_session(url=url, arguments=dict(self.options.session_args))):
+        with client_session(url, self.options.session_args):
             pass
 
     def _http_page(self, url: str) -> None:
@@ -347,7 +346,7 @@ class LeakCheck:
 
     def _concurrent(self, url: str, kinds: Sequence[str]) -> None:
         """ Open all at once, keep them all open, then close them all. """
-        from bokeh.client import pull_session
+        from .testing import client_session
 
         barrier = threading.Barrier(len(kinds))
 
@@ -356,11 +355,8 @@ class LeakCheck:
                 self._http_page(url)
                 barrier.wait(self.options.http_timeout_s)
                 return
-            session = pull_session(url=url, arguments=dict(self.options.session_args))
-            try:
+            with client_session(url, self.options.session_args):
                 barrier.wait(self.options.http_timeout_s)
-            finally:
-                session.close()
 
         with ThreadPoolExecutor(max_workers=len(kinds), thread_name_prefix="memwatch-check-client") as pool:
             for future in [pool.submit(one, k) for k in kinds]:

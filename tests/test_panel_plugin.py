@@ -31,6 +31,7 @@ def open_pages(url: str, n: int) -> None:
 def test_panel_leak_keeps_models_but_not_the_document(run_command) -> None:
     port = free_port()
     server = run_command(panel_argv(port, "panel_leak_models", "--prefix", "/pfx"), port, prefix="/pfx", env=ENV)
+    assert f"memwatch dashboard at http://127.0.0.1:{port}/pfx/memwatch\n" in server.log()
     summary = api(server.url, "summary")
     assert summary["sampler"]["running"] and summary["sampler"]["ticks"] >= 1  # started with the server
 

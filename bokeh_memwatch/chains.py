@@ -35,6 +35,7 @@ from typing import Any
 
 import objgraph
 
+from .referents import get_referents
 from .saferepr import safe_repr
 
 log = logging.getLogger(__name__)
@@ -422,7 +423,7 @@ def _frame_local_ids(frame: types.FrameType) -> list[tuple[str, int]]:
 
 
 def _first_referent_in(source: object, wanted_ids: set[int]) -> int | None:
-    for referent in gc.get_referents(source):
+    for referent in get_referents(source):  # gc.get_referents, safe on 3.12 (gh-122695)
         if id(referent) in wanted_ids:
             return id(referent)
     return None

@@ -300,9 +300,11 @@ def _allocators(
 def _type_summary() -> list[list[Any]]:
     """ pympler's per-type summary of every object: ``[type, count, size_bytes]``
     rows, largest first. """
-    from pympler import muppy, summary
+    from pympler import summary
 
-    objects = muppy.get_objects()
+    from .referents import get_objects
+
+    objects = get_objects()  # muppy.get_objects(), safe on 3.12 (gh-122695)
     try:
         rows = summary.summarize(objects)  # type: ignore[no-untyped-call]
     finally:

@@ -1,0 +1,70 @@
+""" ``gc.get_referents`` and a whole-heap object list, safe on every CPython
+memwatch supports.
+
+On CPython 3.12 (and 3.13 before its final release) the ``_asyncio``
+module's traverse function visits its free list of ``FutureIter`` objects:
+memory already freed.  The garbage collector copes, but
+``gc.get_referents(_asyncio)`` hands those dead objects out as live ones and
+takes references to them: a freed object is freed twice, and the next
+collection loops forever or crashes (CPython gh-122695; any iteration over a
+finished ``Future``, which every asyncio server does, fills that list).
+pympler's ``muppy.get_objects`` calls ``gc.get_referents`` on every object
+the collector tracks, that module included, so a heap summary on 3.12.1 hung
+or killed the process it ran in.  Everything in memwatch that asks an
+arbitrary object for its referents goes through :func:`get_referents`.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import types
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ("ASYNCIO_TRAVERSE_UNSAFE", "get_objects", "get_referents")
+
+#: True where ``gc.get_referents`` on the ``_asyncio`` module returns freed
+#: objects (gh-122695: 3.12.x and 3.13 pre-releases; 3.10, 3.11 and 3.13.0
+#: return its ``__dict__`` alone or only live objects).  The whole 3.12
+#: series is treated as affected: the cost is a few module-state referents
+#: nobody needs, the alternative a hung server.
+ASYNCIO_TRAVERSE_UNSAFE: bool = (3, 12) <= sys.version_info < (3, 13, 0, "final")
+
+
+def _is_asyncio_module(obj: object) -> bool:
+    return type(obj) is types.ModuleType and obj.__dict__.get("__name__") == "_asyncio"
+
+
+def get_referents(obj: object) -> list[Any]:
+    """ ``gc.get_referents(obj)``; for the ``_asyncio`` module where its
+    traverse is unsafe (see the module docstring), its ``__dict__`` alone,
+    which is what 3.10 and 3.11 return for it. """
+    if ASYNCIO_TRAVERSE_UNSAFE and _is_asyncio_module(obj):
+        return [obj.__dict__]
+    return gc.get_referents(obj)
+
+
+def get_objects() -> list[Any]:
+    """ Every object the garbage collector tracks except frames, and the
+    untracked objects they refer to (strings, numbers...), each once: what
+    pympler's ``muppy.get_objects()`` returns, with referents read through
+    :func:`get_referents`.  Runs a full collection first.  The caller owns
+    the list and must ``del`` it when done (it keeps the whole heap alive). """
+    gc.collect()
+    # No local list may exist before gc.get_objects(), or it would be listed.
+    tracked = gc.get_objects()
+    tracked = [o for o in tracked if type(o) is not types.FrameType]  # type(): a dead proxy raises on isinstance
+    seen = {id(o) for o in tracked}
+    untracked: list[Any] = []
+    try:
+        for each in tracked:
+            for referent in get_referents(each):
+                if not gc.is_tracked(referent) and id(referent) not in seen:
+                    seen.add(id(referent))
+                    untracked.append(referent)
+        tracked.extend(untracked)
+        return tracked
+    finally:
+        del untracked

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import inspect
 import logging
 import sys
 import threading
@@ -33,10 +32,9 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import objgraph
-
+from . import _frames
 from .referents import get_referents
-from .saferepr import safe_repr
+from .saferepr import class_dict, is_a, safe_repr, type_mro, type_name
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +102,10 @@ def capture_roots(*, include_current_thread: bool = False) -> Roots:
             thread.  Off by default: the caller's own stack (the request
             handler, the event loop) holds the target it is asking about.
 
-    The locals of a function frame are read through ``frame.f_locals``, which
-    in CPython 3.11 stores a snapshot dict on the frame; that snapshot is
-    cleared again straight away so that this function does not itself keep
-    stale values alive (the price: a ``locals()`` dict that code in another
-    thread holds onto across this call is emptied).
+    The locals are read in place by :func:`bokeh_memwatch._frames.local_ids`
+    (never through ``frame.f_locals`` of a function frame before 3.13, which
+    would rewrite the dict a function got from ``locals()``): nothing in the
+    inspected threads changes, and no snapshot of their locals is kept.
     """
     current_ident = threading.get_ident()
     threads = tuple(threading.enumerate())
@@ -359,36 +356,71 @@ class _RootClassifier:
         self._periodic_type: type | None = getattr(tornado_ioloop, "PeriodicCallback", None)
 
     def __call__(self, obj: object) -> tuple[str, str] | None:
-        if isinstance(obj, types.ModuleType):
-            if objgraph.is_proper_module(obj):
-                return ("module", str(obj.__name__))
+        try:
+            return self._classify(obj)
+        except Exception:  # an odd object is not a root; it costs itself only
             return None
-        if id(obj) in self._threads or (
-            isinstance(obj, threading.Thread) and obj.is_alive()
-        ):
+
+    def _classify(self, obj: object) -> tuple[str, str] | None:
+        # Only type(obj) decides what to look at (isinstance would consult
+        # obj.__class__, user code); attributes are read from the instance
+        # dict, never through the object's __getattribute__.
+        if is_a(obj, types.ModuleType):
+            name = _module_name(obj)
+            if name is not None and sys.modules.get(name) is obj:
+                return ("module", name)
+            return None
+        if id(obj) in self._threads:
             return ("thread", _thread_name(obj))
-        if (
-            self._periodic_type is not None
-            and isinstance(obj, self._periodic_type)
-            and getattr(obj, "_running", False)
-        ):
-            interval_ms = getattr(obj, "callback_time", None)
-            if isinstance(interval_ms, (int, float)):
+        if is_a(obj, threading.Thread):
+            # Thread's own is_alive (not a subclass's), and only when the
+            # class leaves attribute access alone.
+            if _plain_attributes(type(obj)) and threading.Thread.is_alive(obj):  # type: ignore[arg-type]
+                return ("thread", _thread_name(obj))
+            return None
+        if self._periodic_type is not None and is_a(obj, self._periodic_type):
+            state = _instance_dict(obj) or {}
+            if state.get("_running") is not True:
+                return None
+            interval_ms = state.get("callback_time")
+            if type(interval_ms) in (int, float):
                 return ("callback", f"tornado PeriodicCallback every {interval_ms:g} ms")
             return ("callback", "tornado PeriodicCallback")
-        if isinstance(obj, asyncio.Handle) and not obj.cancelled():
-            return ("callback", f"asyncio {type(obj).__name__}")
+        if is_a(obj, asyncio.Handle):
+            if asyncio.Handle.cancelled(obj):  # type: ignore[arg-type]
+                return None
+            return ("callback", f"asyncio {type_name(obj).rsplit('.', 1)[-1]}")
         description = self._frame_locals.get(id(obj))
         if description is not None:
             return ("frame", description.removeprefix("frame "))
-        if isinstance(obj, types.FrameType):
+        if type(obj) is types.FrameType:
             return ("frame", _describe_frame(obj))
         return None
 
 
 def _thread_name(thread: object) -> str:
-    name = getattr(thread, "__dict__", {}).get("_name")
-    return name if isinstance(name, str) else "?"
+    name = (_instance_dict(thread) or {}).get("_name")
+    return name if type(name) is str else "?"
+
+
+def _plain_attributes(kind: type) -> bool:
+    """ True when ``kind`` reads attributes the way ``object`` does (no
+    ``__getattribute__`` or ``__getattr__`` of its own in its MRO). """
+    for klass in type_mro(kind):
+        namespace = class_dict(klass)
+        if klass is not object and ("__getattribute__" in namespace or "__getattr__" in namespace):
+            return False
+    return True
+
+
+def _module_name(module: object) -> str | None:
+    """ A module's ``__name__`` from its namespace (no module ``__getattr__``). """
+    namespace = _MODULE_DICT.__get__(module)
+    name = namespace.get("__name__") if type(namespace) is dict else None
+    return name if type(name) is str else None
+
+
+_MODULE_DICT: Any = vars(types.ModuleType)["__dict__"]
 
 
 def _describe_frame(frame: types.FrameType) -> str:
@@ -402,21 +434,20 @@ def _frame_local_ids(frame: types.FrameType) -> list[tuple[str, int]]:
 
     A free variable lives in a cell that the closure's function holds, which
     the garbage collector does see; recording it here would hide that path.
+    Read in place, without changing the frame or a ``locals()`` dict.
     """
-    code = frame.f_code
-    freevars = set(code.co_freevars)
-    local_ids: list[tuple[str, int]] = []
-    namespace = frame.f_locals
-    try:
-        for name, value in list(namespace.items()):
-            if name not in freevars:
-                local_ids.append((str(name), id(value)))
-    finally:
-        if code.co_flags & inspect.CO_OPTIMIZED:
-            # A snapshot owned by the frame, not the real namespace.
-            namespace.clear()
-        del namespace
-    return local_ids
+    return _frames.local_ids(frame) or []
+
+
+def _local_name_of(frame: object, dst: object) -> str | None:
+    """ The name of the local of ``frame`` that refers to ``dst``, read in place. """
+    if type(frame) is not types.FrameType:
+        return None
+    wanted = id(dst)
+    for name, value_id in _frames.local_ids(frame) or ():
+        if value_id == wanted:
+            return name
+    return None
 
 
 # --- the search ------------------------------------------------------------
@@ -439,7 +470,7 @@ def _build_hops(
     hops: list[dict[str, Any]] = []
     if root_info is not None and root_info[0] == "frame" and roots is not None:
         site = roots.frame_sites.get(id(path[0]))
-        if site is not None and not isinstance(path[0], types.FrameType):
+        if site is not None and type(path[0]) is not types.FrameType:
             # The frame itself is not an object we can reach: a synthetic hop.
             hops.append({"type": "builtins.frame", "via": None, "name": site[0]})
             hops.append({"type": _type_name(path[0]), "via": f"local '{site[1]}'"})
@@ -476,18 +507,25 @@ def _append_hops(hops: list[dict[str, Any]], path: list[object], start: int, *, 
 
 
 def _internal_ids(obj: object) -> set[int]:
+    try:
+        return _internal_ids_of(obj)
+    except Exception:  # an odd object: no internals to collapse
+        return set()
+
+
+def _internal_ids_of(obj: object) -> set[int]:
     ids: set[int] = set()
-    if isinstance(obj, types.FunctionType):
+    if type(obj) is types.FunctionType:
         closure = obj.__closure__
         if closure is not None:
             ids.add(id(closure))
             ids.update(id(cell) for cell in closure)
         return ids
-    if isinstance(obj, functools.partial):
-        ids.add(id(obj.args))
-        ids.add(id(obj.keywords))
-    if isinstance(obj, type):
-        ids.update(id(r) for r in gc.get_referents(vars(obj)))
+    if is_a(obj, functools.partial):
+        ids.add(id(_PARTIAL_ARGS.__get__(obj)))
+        ids.add(id(_PARTIAL_KEYWORDS.__get__(obj)))
+    if is_a(obj, type):
+        ids.update(id(r) for r in gc.get_referents(class_dict(obj)))  # type: ignore[arg-type]
         return ids
     instance_dict = _instance_dict(obj)
     if instance_dict is not None:
@@ -495,68 +533,85 @@ def _internal_ids(obj: object) -> set[int]:
     return ids
 
 
+_PARTIAL_FUNC: Any = vars(functools.partial)["func"]
+_PARTIAL_ARGS: Any = vars(functools.partial)["args"]
+_PARTIAL_KEYWORDS: Any = vars(functools.partial)["keywords"]
+_C_DICT_DESCRIPTOR = type(vars(type("_Probe", (), {}))["__dict__"])  # getset_descriptor
+
+
 def _instance_dict(obj: object) -> dict[str, Any] | None:
-    """ ``obj.__dict__`` without running user descriptors where avoidable. """
-    if isinstance(obj, types.ModuleType):
-        d: object = obj.__dict__
-        return d if isinstance(d, dict) else None
-    if isinstance(obj, type):
-        return None
+    """ ``obj.__dict__`` without running user code: modules' own slot, or
+    the C ``__dict__`` descriptor Python gives a class (a ``__dict__``
+    property or ``__getattribute__`` of the class is never called). """
     try:
-        d = object.__getattribute__(obj, "__dict__")
-    except Exception:  # a user-defined __dict__ may raise anything
+        if is_a(obj, types.ModuleType):
+            d: object = _MODULE_DICT.__get__(obj)
+            return d if type(d) is dict else None
+        if is_a(obj, type):
+            return None
+        for klass in type_mro(type(obj)):
+            descriptor = class_dict(klass).get("__dict__")
+            if descriptor is None:
+                continue
+            if type(descriptor) is not _C_DICT_DESCRIPTOR:
+                return None  # the class made __dict__ its own: do not call it
+            d = descriptor.__get__(obj, klass)
+            return d if type(d) is dict else None
+    except Exception:  # a descriptor that refuses this object
         return None
-    return d if isinstance(d, dict) else None
+    return None
 
 
-def _describe_edge(src: object, dst: object) -> str:
-    if isinstance(src, types.FrameType):
-        for name, value in list(src.f_locals.items()):
-            if value is dst:
-                return f"local '{name}'"
-        return "referent"
-    if isinstance(src, (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)):
+def _describe_edge(src: Any, dst: object) -> str:
+    # Dispatch on type(src) only, and read containers through their base
+    # type's methods: a subclass's items()/__iter__/__getattribute__ is
+    # user code.
+    kind = type(src)
+    if kind is types.FrameType:
+        name = _local_name_of(src, dst)
+        return f"local '{name}'" if name is not None else "referent"
+    if kind in (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType):
         frame = getattr(src, "gi_frame", None) or getattr(src, "cr_frame", None) \
             or getattr(src, "ag_frame", None)
-        if isinstance(frame, types.FrameType):
-            for name, value in list(frame.f_locals.items()):
-                if value is dst:
-                    return f"local '{name}'"
-        return "referent"
-    if isinstance(src, types.CellType):
+        name = _local_name_of(frame, dst)
+        return f"local '{name}'" if name is not None else "referent"
+    if kind is types.CellType:
         return "cell_contents"
-    if isinstance(src, types.FunctionType):
+    if kind is types.FunctionType:
         return _describe_function_edge(src, dst)
-    if isinstance(src, types.MethodType):
+    if kind is types.MethodType:
         if src.__self__ is dst:
             return "__self__"
         if src.__func__ is dst:
             return "__func__"
         return "referent"
-    if isinstance(src, functools.partial):
-        if src.func is dst:
+    if is_a(src, functools.partial):
+        func, args, keywords = (_PARTIAL_FUNC.__get__(src), _PARTIAL_ARGS.__get__(src),
+                                _PARTIAL_KEYWORDS.__get__(src))
+        if func is dst:
             return ".func"
-        if src.args is dst:
+        if args is dst:
             return ".args"
-        if src.keywords is dst:
+        if keywords is dst:
             return ".keywords"
-        for index, value in enumerate(src.args):
+        for index, value in enumerate(tuple.__iter__(args)):
             if value is dst:
                 return f".args[{index}]"
-        for key, value in list(src.keywords.items()):
+        for key, value in list(dict.items(keywords)):
             if value is dst:
                 return f".keywords[{_key_repr(key)}]"
-    if isinstance(src, dict):
-        return _describe_mapping_edge(src.items(), dst)
-    if isinstance(src, (list, tuple)):
-        for index, value in enumerate(src):
+    if is_a(src, dict):
+        return _describe_mapping_edge(dict.items(src), dst)
+    if is_a(src, list) or is_a(src, tuple):
+        items = list.__iter__(src) if is_a(src, list) else tuple.__iter__(src)
+        for index, value in enumerate(items):
             if value is dst:
                 return f"[{index}]"
         return "referent"
-    if isinstance(src, (set, frozenset)):
+    if is_a(src, (set, frozenset)):
         return "{member}"
-    if isinstance(src, type):
-        for name, value in list(vars(src).items()):
+    if is_a(src, type):
+        for name, value in list(class_dict(src).items()):
             if value is dst:
                 return f".{name}"
         for attr in ("__mro__", "__bases__"):
@@ -607,9 +662,9 @@ def _describe_attribute_edge(src: object, dst: object) -> str:
         for name, value in list(instance_dict.items()):
             if value is dst:
                 return f".{name}"
-    for klass in type(src).__mro__:
-        for name, descriptor in list(vars(klass).items()):
-            if isinstance(descriptor, types.MemberDescriptorType):
+    for klass in type_mro(type(src)):
+        for name, descriptor in list(class_dict(klass).items()):
+            if type(descriptor) is types.MemberDescriptorType:
                 try:
                     value = descriptor.__get__(src, klass)
                 except AttributeError:  # an unset slot
@@ -640,8 +695,8 @@ def _is_simple_key(key: object) -> bool:
 
 
 def _type_name(obj: object) -> str:
-    kind = type(obj)
-    return f"{kind.__module__}.{kind.__qualname__}"
+    name = type_name(obj)
+    return name if "." in name else f"builtins.{name}"
 
 
 def _short_type(type_name: str) -> str:

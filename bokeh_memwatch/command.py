@@ -124,6 +124,12 @@ class MemwatchServe(Serve):
             help="Write a report (and a tracemalloc snapshot when tracing) when RSS reaches this fraction "
                  f"of the container's memory limit (default: {_DEFAULTS.limit_fraction:g}; 0: never)",
         )),
+        ("--memwatch-heap-fork", Argument(
+            metavar="MODE", choices=("auto", "refuse", "force", "never"), default=None,
+            help="When a native thread pool (OpenBLAS, OpenMP, MKL) makes fork unsafe: 'auto' runs heap "
+                 "jobs in a thread, 'refuse' answers 409, 'force' forks anyway (may freeze the server), "
+                 "'never' always uses a thread (default: auto)",
+        )),
         ("--memwatch-tracemalloc", Argument(
             metavar="FRAMES", type=int, default=None,
             help="Start tracemalloc with this many frames before the apps are loaded",
@@ -141,6 +147,7 @@ class MemwatchServe(Serve):
             ("memwatch_chain_timeout", "chain_timeout_s"),
             ("memwatch_history_dir", "history_dir"),
             ("memwatch_limit_fraction", "limit_fraction"),
+            ("memwatch_heap_fork", "heap_fork"),
         ):
             value = getattr(args, flag, None)
             if value is not None:

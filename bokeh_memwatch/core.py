@@ -33,7 +33,7 @@ from bokeh.application.handlers.function import FunctionHandler
 from . import chains
 from .cluster import WORKER_FIELDS, Cluster, server_key
 from .collectors import Collector, ProcessCollector, default_collectors
-from .heapwork import HeapWorker
+from .heapwork import FORK_MODES, HeapWorker
 from .instrument import MemwatchAppHandler
 from .sampler import Sampler
 from .snapshots import SnapshotManager
@@ -98,6 +98,10 @@ class MemwatchOptions:
         http: mount the HTTP side (API, dashboard); off keeps sampling and
             metrics only.
         show_values: add short reprs of objects to "why alive" chains.
+        heap_fork: how heap jobs run when a loaded native thread pool makes
+            ``fork`` unsafe (:func:`bokeh_memwatch.heapwork.fork_policy`):
+            ``"auto"`` in a thread, ``"refuse"`` not at all (409 with the
+            reason), ``"force"`` forked anyway, ``"never"`` always a thread.
     """
 
     interval_ms: int = 5000
@@ -119,6 +123,10 @@ class MemwatchOptions:
     max_snapshot_bytes: int = 512 * 1024 * 1024
     types_min_interval_s: float = 30.0
     snapshot_timeout_s: float = 300.0
+    # How heap jobs run when a native thread pool (OpenBLAS, OpenMP, MKL)
+    # makes fork unsafe (heapwork.fork_policy): "auto" (a thread instead),
+    # "refuse" (409), "force" (fork anyway), "never" (always a thread).
+    heap_fork: str = "auto"
     # Beyond one process (cluster.py): the SQLite history ("" the per-user
     # default directory, "none" off) and its size bound; the cgroup mount
     # read for the memory limit; the fraction of it at which a report is
@@ -139,6 +147,8 @@ class MemwatchOptions:
         for name in ("max_snapshots", "max_snapshot_bytes", "snapshot_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.heap_fork not in FORK_MODES:
+            raise ValueError(f"heap_fork must be one of {', '.join(FORK_MODES)}, got {self.heap_fork!r}")
         if self.types_min_interval_s < 0:
             raise ValueError(f"types_min_interval_s must be >= 0, got {self.types_min_interval_s}")
         for name in ("interval_ms", "history_s", "chain_max_depth", "max_destroyed"):
@@ -189,7 +199,7 @@ class MemWatch:
         )
         self.store: SampleStore | None = None
         self.sampler: Sampler | None = None
-        self.heap_worker = HeapWorker(max_concurrent=1)
+        self.heap_worker = HeapWorker(max_concurrent=1, fork_mode=self.options.heap_fork)  # type: ignore[arg-type]
         self._contexts: dict[str, ApplicationContext] = {}
         self._app_refs: weakref.WeakSet[Application] = weakref.WeakSet()
         self._io_loop: IOLoop | None = None

@@ -11,6 +11,29 @@ Where ``os.fork`` is missing (or ``use_fork=False``) the job runs in a worker
 thread instead: slower, and it still contends for the GIL with the event
 loop, so the server stays responsive but sluggish while it runs.
 
+The fork policy (:func:`fork_policy`, consulted before every job, for every
+caller of :class:`HeapWorker` and :func:`run_isolated`): a native thread pool
+can make ``os.fork()`` itself hang, in the server, holding the GIL.
+OpenBLAS's pre-fork handler (``blas_thread_shutdown_``, registered with
+``pthread_atfork``) joins its worker threads; when another thread is in a
+BLAS call at that moment a worker can miss its wake-up and sleep forever,
+and with it ``fork()`` and the whole server.  Telling the pool to use one
+thread (``threadpoolctl.threadpool_limits(1)``) does not help: the workers
+exist and are joined all the same (see ``bench/fork_blas.py``).  So before
+each job the loaded pools are listed with threadpoolctl; when one is unsafe
+across fork the ``heap_fork`` mode decides: ``"auto"`` runs the job in a
+thread, ``"refuse"`` raises :class:`ForkRefused` (a 409 that says why and how
+to fix it: ``OPENBLAS_NUM_THREADS=1``), ``"force"`` forks anyway; ``"never"``
+always uses a thread.
+
+The child runs no app code of its own accord: the garbage collector is off
+and ``gc.collect`` does nothing there (no finalizer or weakref callback of
+pending garbage runs), the parent's threads stay referenced across the fork,
+inherited descriptors other than the answer pipe and stdio are closed, and
+the parent's signal handlers are reset.  What Python itself runs in a child
+is beyond reach: callbacks registered with ``os.register_at_fork`` and the
+clearing of other threads' thread states (their thread-local data).
+
 This module imports neither tornado nor bokeh.
 """
 from __future__ import annotations
@@ -35,12 +58,16 @@ from .saferepr import describe_exception
 log = logging.getLogger(__name__)
 
 __all__ = (
+    "FORK_MODES",
+    "ForkPlan",
+    "ForkRefused",
     "HeapWorkBusy",
     "HeapWorkError",
     "HeapWorkTimeout",
     "HeapWorker",
     "IsolatedResult",
     "Rendered",
+    "fork_policy",
     "run_isolated",
 )
 
@@ -49,6 +76,18 @@ __all__ = (
 JSONValue = Any
 
 Technique = Literal["fork", "thread"]
+
+ForkMode = Literal["auto", "refuse", "force", "never"]
+
+#: The ``heap_fork`` modes; see the module docstring.
+FORK_MODES: tuple[ForkMode, ...] = ("auto", "refuse", "force", "never")
+
+#: How to make forking safe again, for messages.
+_FORK_ADVICE = (
+    "start the server with OPENBLAS_NUM_THREADS=1 (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1 for "
+    "those pools), or set heap_fork to 'force' (--memwatch-heap-fork force, "
+    "BOKEH_MEMWATCH_HEAP_FORK=force) to fork anyway at the risk of freezing the server"
+)
 
 #: Longest error message sent back from a failed job.
 _MAX_ERROR_CHARS = 2000
@@ -87,6 +126,48 @@ class HeapWorkBusy(HeapWorkError):
     """ A :class:`HeapWorker` is already running as many jobs as it may. """
 
 
+class ForkRefused(HeapWorkError):
+    """ The fork policy will not fork here and may not use a thread instead
+    (``heap_fork="refuse"``, or ``use_fork=True`` asked for a fork).  The
+    message says which pool and how to fix it; ``plan`` is the decision. """
+
+    def __init__(self, message: str, *, plan: ForkPlan) -> None:
+        super().__init__(message)
+        self.plan = plan
+
+
+@dataclass(frozen=True)
+class ForkPlan:
+    """ How the next heap job runs, decided by :func:`fork_policy`.
+
+    Attributes:
+        technique: ``"fork"`` or ``"thread"``.
+        mode: the ``heap_fork`` mode that decided.
+        refused: why a fork was not made (``None`` when forking or when the
+            thread was asked for): the unsafe pools, or no ``os.fork``.
+        refuse: true when the job must not run at all (:class:`ForkRefused`).
+        unsafe_pools: ``"name (N threads)"`` of each pool unsafe across fork,
+            also when ``"force"`` forked over them.
+        inspect_s: time spent listing the pools (on the calling thread).
+    """
+
+    technique: Technique
+    mode: ForkMode = "auto"
+    refused: str | None = None
+    refuse: bool = False
+    unsafe_pools: tuple[str, ...] = ()
+    inspect_s: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        """ The policy's part of an API answer. """
+        return {
+            "mode": self.mode,
+            "refused": self.refused,
+            "unsafe_pools": list(self.unsafe_pools),
+            "inspect_ms": round(self.inspect_s * 1000, 3),
+        }
+
+
 @dataclass(frozen=True)
 class Rendered:
     """ A job's answer in two parts: ``meta``, small, which the parent
@@ -123,6 +204,7 @@ class IsolatedResult:
             event loop cannot overlap.  ``None`` for threads.
         body: the encoded body of a :class:`Rendered` answer (``value`` is
             then its ``meta``), else ``None``.
+        plan: the fork policy's decision (why a thread ran, say).
     """
 
     value: JSONValue
@@ -132,11 +214,13 @@ class IsolatedResult:
     child_private_bytes: int | None = None
     fork_s: float | None = None
     body: bytes | None = None
+    plan: ForkPlan | None = None
 
     def costs(self) -> dict[str, Any]:
         """ What the job cost, for an API answer. """
         return {
             "technique": self.technique,
+            "fork_policy": self.plan.describe() if self.plan is not None else None,
             "elapsed_s": round(self.elapsed_s, 3),
             "fork_ms": None if self.fork_s is None else round(self.fork_s * 1000, 3),
             "worker_private_bytes": self.child_private_bytes,
@@ -149,6 +233,7 @@ async def run_isolated(
     *,
     timeout_s: float,
     use_fork: bool | None = None,
+    fork_mode: ForkMode = "auto",
 ) -> IsolatedResult:
     """ Run ``fn()`` away from the event loop and return its JSON-able result.
 
@@ -159,16 +244,21 @@ async def run_isolated(
             have held at the fork.
         timeout_s: wall-clock limit.  A forked child is then killed
             (SIGKILL) and reaped; a thread is abandoned (it cannot be killed).
-        use_fork: ``None`` forks where ``os.fork`` exists; ``False`` forces
-            the thread fallback.
+        use_fork: ``None`` forks where ``os.fork`` exists and
+            :func:`fork_policy` finds it safe; ``False`` forces the thread
+            fallback; ``True`` asks for a fork (refused when unsafe, unless
+            ``fork_mode="force"``).
+        fork_mode: the ``heap_fork`` mode (see :data:`FORK_MODES`).
 
     Raises:
+        ForkRefused: the policy will not fork and may not use a thread.
         HeapWorkTimeout: out of time.
         HeapWorkError: ``fn`` raised (the message names the exception type
             and message), its result was not JSON-serialisable, or the child
             died.
     """
-    return await _run(fn, timeout_s=timeout_s, use_fork=use_fork, on_thread_done=None)
+    plan = fork_policy(fork_mode, use_fork=use_fork)
+    return await _run(fn, timeout_s=timeout_s, plan=plan, on_thread_done=None)
 
 
 class HeapWorker:
@@ -180,17 +270,31 @@ class HeapWorker:
     slot until the thread really finishes.
     """
 
-    def __init__(self, max_concurrent: int = 1, *, use_fork: bool | None = None) -> None:
+    def __init__(
+        self, max_concurrent: int = 1, *, use_fork: bool | None = None, fork_mode: ForkMode = "auto",
+    ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent!r}")
+        if fork_mode not in FORK_MODES:
+            raise ValueError(f"fork_mode must be one of {', '.join(FORK_MODES)}, not {fork_mode!r}")
         self._max_concurrent = max_concurrent
         self._use_fork = use_fork
+        self._fork_mode: ForkMode = fork_mode
         self._running = 0
 
     @property
+    def fork_mode(self) -> ForkMode:
+        return self._fork_mode
+
+    def plan(self) -> ForkPlan:
+        """ How a job started now would run (:func:`fork_policy`); pass it to
+        :meth:`run` when the caller prepares the job differently for a fork. """
+        return fork_policy(self._fork_mode, use_fork=self._use_fork)
+
+    @property
     def forks(self) -> bool:
-        """ True when jobs run in a forked child (else in a thread). """
-        return self._use_fork if self._use_fork is not None else hasattr(os, "fork")
+        """ True when a job started now would run in a forked child. """
+        return self.plan().technique == "fork"
 
     @property
     def busy(self) -> bool:
@@ -202,13 +306,24 @@ class HeapWorker:
         """ Jobs (or abandoned threads) still running. """
         return self._running
 
-    async def run(self, fn: Callable[[], JSONValue], *, timeout_s: float) -> IsolatedResult:
-        """ :func:`run_isolated` within this worker's limit.
+    async def run(
+        self, fn: Callable[[], JSONValue], *, timeout_s: float, plan: ForkPlan | None = None,
+    ) -> IsolatedResult:
+        """ :func:`run_isolated` within this worker's limit and fork policy.
+
+        Args:
+            plan: from :meth:`plan`, when the caller needed to know the
+                technique beforehand; else decided here.
 
         Raises:
             HeapWorkBusy: the limit is reached.
+            ForkRefused: the policy refuses (``fork_mode="refuse"``).
         """
         _check_timeout(timeout_s)
+        if plan is None:
+            plan = self.plan()
+        if plan.refuse:
+            raise _refusal(plan)
         if self.busy:
             raise HeapWorkBusy(f"{self._running} heap job(s) already running")
         self._running += 1
@@ -228,9 +343,7 @@ class HeapWorker:
             return release
 
         try:
-            return await _run(
-                fn, timeout_s=timeout_s, use_fork=self._use_fork, on_thread_done=hand_over,
-            )
+            return await _run(fn, timeout_s=timeout_s, plan=plan, on_thread_done=hand_over)
         finally:
             if not thread_owns_slot:
                 release()
@@ -239,22 +352,106 @@ class HeapWorker:
 # --- implementation --------------------------------------------------------
 
 
+def fork_policy(mode: ForkMode = "auto", *, use_fork: bool | None = None) -> ForkPlan:
+    """ Decide how a heap job runs now: fork, thread, or refuse.
+
+    Lists the native thread pools loaded in this process with threadpoolctl
+    (``threadpool_info``: a walk of the loaded libraries, ~0.3 ms; run it on
+    the event loop just before the job, since a pool may be loaded at any
+    time) and finds those unsafe across ``fork`` (:func:`_unsafe_pools`).
+
+    Args:
+        mode: ``"auto"``: fork when safe, else a thread; ``"refuse"``: fork
+            when safe, else refuse; ``"force"``: always fork; ``"never"``:
+            always a thread.
+        use_fork: ``False`` asks for a thread, ``True`` for a fork (refused
+            when unsafe unless ``mode="force"``), ``None`` lets ``mode`` decide.
+
+    Raises:
+        ValueError: an unknown mode, or ``use_fork=True`` without ``os.fork``.
+    """
+    if mode not in FORK_MODES:
+        raise ValueError(f"heap_fork must be one of {', '.join(FORK_MODES)}, not {mode!r}")
+    can_fork = hasattr(os, "fork")
+    if use_fork and not can_fork:
+        raise ValueError("use_fork=True but os.fork is not available here")
+    if use_fork is False:
+        return ForkPlan("thread", mode)
+    if not can_fork:
+        return ForkPlan("thread", mode, refused="os.fork is not available here")
+    if mode == "never":
+        return ForkPlan("thread", mode, refused="heap_fork is 'never'")
+    started_s = time.perf_counter()
+    pools, why = _unsafe_pools()
+    inspect_s = time.perf_counter() - started_s
+    if why is None:
+        return ForkPlan("fork", mode, inspect_s=inspect_s)
+    if mode == "force":
+        return ForkPlan("fork", mode, unsafe_pools=pools, inspect_s=inspect_s)
+    refuse = mode == "refuse" or use_fork is True
+    return ForkPlan("thread", mode, refused=why, refuse=refuse, unsafe_pools=pools, inspect_s=inspect_s)
+
+
+def _unsafe_pools() -> tuple[tuple[str, ...], str | None]:
+    """ ``(pools, why)``: the loaded native thread pools unsafe across fork.
+
+    Unsafe: more than one thread in an OpenBLAS pthreads pool (its pre-fork
+    handler joins the workers: a hang when another thread is in BLAS), an
+    Intel or LLVM OpenMP runtime (``libiomp``, ``libomp``: their pre-fork
+    handler takes runtime locks a parallel region in another thread holds),
+    MKL other than sequential, and any pool threadpoolctl reports that is
+    not known to be safe.  Safe: one-thread pools (no workers to join) and
+    GNU OpenMP (``libgomp`` has no pre-fork handler; the child never runs
+    OpenMP code).  ``why`` is ``None`` when forking is safe.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+
+        infos = threadpool_info()
+    except Exception as e:  # cannot tell: do not bet the server on it
+        return (), f"could not list native thread pools ({describe_exception(e, limit=200)})"
+    unsafe: list[str] = []
+    for info in infos:
+        threads = info.get("num_threads")
+        api = str(info.get("internal_api") or "?")
+        prefix = str(info.get("prefix") or api)
+        layer = str(info.get("threading_layer") or "")
+        if not isinstance(threads, int) or threads <= 1:
+            continue
+        if api == "openmp" and prefix.startswith("libgomp"):
+            continue
+        if api in ("openblas", "blis") and layer in ("openmp", "disabled"):
+            continue  # the OpenMP runtime's own entry decides
+        if api == "mkl" and layer == "sequential":
+            continue
+        unsafe.append(f"{prefix} ({api}{', ' + layer if layer else ''}, {threads} threads)")
+    if not unsafe:
+        return (), None
+    why = (
+        f"not forking: native thread pool(s) unsafe across fork: {'; '.join(unsafe)}. "
+        "A pre-fork handler can wait forever for a worker while another thread computes, "
+        f"freezing the server. To fork: {_FORK_ADVICE}"
+    )
+    return tuple(unsafe), why
+
+
+def _refusal(plan: ForkPlan) -> ForkRefused:
+    return ForkRefused(plan.refused or "the fork policy refused to fork", plan=plan)
+
+
 async def _run(
     fn: Callable[[], JSONValue],
     *,
     timeout_s: float,
-    use_fork: bool | None,
+    plan: ForkPlan,
     on_thread_done: Callable[[], Callable[[], None]] | None,
 ) -> IsolatedResult:
     _check_timeout(timeout_s)
-    can_fork = hasattr(os, "fork")
-    if use_fork is None:
-        use_fork = can_fork
-    if use_fork and not can_fork:
-        raise ValueError("use_fork=True but os.fork is not available here")
-    if use_fork:
-        return await _run_forked(fn, timeout_s)
-    return await _run_threaded(fn, timeout_s, on_thread_done)
+    if plan.refuse:
+        raise _refusal(plan)
+    if plan.technique == "fork":
+        return await _run_forked(fn, timeout_s, plan)
+    return await _run_threaded(fn, timeout_s, on_thread_done, plan)
 
 
 def _check_timeout(timeout_s: float) -> None:
@@ -262,10 +459,14 @@ def _check_timeout(timeout_s: float) -> None:
         raise ValueError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
 
 
-async def _run_forked(fn: Callable[[], JSONValue], timeout_s: float) -> IsolatedResult:
+async def _run_forked(fn: Callable[[], JSONValue], timeout_s: float, plan: ForkPlan) -> IsolatedResult:
     loop = asyncio.get_running_loop()
     read_fd, write_fd = os.pipe()
     started_s = time.monotonic()
+    # After the fork, the child's ``threading`` forgets every other thread;
+    # this reference keeps their Thread objects (and what they hold) from
+    # being freed, and finalized, in the child.
+    threads = threading.enumerate()
     try:
         with warnings.catch_warnings():
             # 3.12+: "This process is multi-threaded, use of fork() may lead
@@ -280,6 +481,7 @@ async def _run_forked(fn: Callable[[], JSONValue], timeout_s: float) -> Isolated
     if pid == 0:  # pragma: no cover - the child; coverage cannot see it
         _child_main(fn, read_fd, write_fd)
     fork_s = time.perf_counter() - fork_started_s
+    del threads
     os.close(write_fd)
     reaped = False
     try:
@@ -312,6 +514,7 @@ async def _run_forked(fn: Callable[[], JSONValue], timeout_s: float) -> Isolated
         child_private_bytes=_int_or_none(message.get("private_bytes")),
         fork_s=fork_s,
         body=body if message.get("rendered") else None,
+        plan=plan,
     )
 
 
@@ -389,8 +592,9 @@ def _child_main(fn: Callable[[], JSONValue], read_fd: int, write_fd: int) -> NoR
     exit_code = 0
     try:
         gc.disable()  # finalizers of garbage must not run here
-        os.close(read_fd)
+        gc.collect = _no_collection  # nor through a library's explicit gc.collect()
         _quiet_child_signals()
+        _close_inherited_fds(keep=write_fd)
         message: dict[str, Any]
         body = b""
         try:
@@ -419,6 +623,30 @@ def _child_main(fn: Callable[[], JSONValue], read_fd: int, write_fd: int) -> NoR
         os._exit(exit_code)
 
 
+def _no_collection(generation: int = 2) -> int:  # pragma: no cover - the child's gc.collect
+    """ ``gc.collect`` in a heap worker child: collects nothing, so no
+    finalizer or weakref callback of the app's pending garbage runs there. """
+    return 0
+
+
+def _close_inherited_fds(keep: int) -> None:  # pragma: no cover - runs in the child
+    """ Close every inherited descriptor but stdio and ``keep`` (the answer
+    pipe): the child cannot write to a client's socket, a log file or a
+    database by mistake.  (The parent's copies stay open.) """
+    os.closerange(3, keep)
+    os.closerange(keep + 1, _max_fd())
+
+
+def _max_fd() -> int:  # pragma: no cover - runs in the child
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        soft = -1
+    return soft if 0 < soft < 1 << 20 else 1 << 16
+
+
 def _quiet_child_signals() -> None:  # pragma: no cover - runs in the child
     for signum in _CHILD_DEFAULT_SIGNALS:
         with contextlib.suppress(ValueError, OSError):
@@ -431,6 +659,7 @@ async def _run_threaded(
     fn: Callable[[], JSONValue],
     timeout_s: float,
     on_thread_done: Callable[[], Callable[[], None]] | None,
+    plan: ForkPlan,
 ) -> IsolatedResult:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[tuple[bool, Any]] = loop.create_future()
@@ -478,6 +707,7 @@ async def _run_threaded(
         elapsed_s=time.monotonic() - started_s,
         child_peak_rss_bytes=None,
         body=payload.body if rendered else None,
+        plan=plan,
     )
 
 

@@ -1,5 +1,4 @@
-""" ``gc.get_referents`` and a whole-heap object list, safe on every CPython
-memwatch supports.
+""" ``gc.get_referents``, safe on every CPython memwatch supports.
 
 On CPython 3.12 (and 3.13 before its final release) the ``_asyncio``
 module's traverse function visits its free list of ``FutureIter`` objects:
@@ -8,10 +7,11 @@ memory already freed.  The garbage collector copes, but
 takes references to them: a freed object is freed twice, and the next
 collection loops forever or crashes (CPython gh-122695; any iteration over a
 finished ``Future``, which every asyncio server does, fills that list).
-pympler's ``muppy.get_objects`` calls ``gc.get_referents`` on every object
-the collector tracks, that module included, so a heap summary on 3.12.1 hung
-or killed the process it ran in.  Everything in memwatch that asks an
-arbitrary object for its referents goes through :func:`get_referents`.
+A whole-heap walk that asks every tracked object for its referents (as
+pympler's ``muppy.get_objects`` does, and the type summary) reaches that
+module: on 3.12.1 the type summary hung or killed the process it ran in.
+Everything in memwatch that asks an arbitrary object for its referents goes
+through :func:`get_referents`.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ("ASYNCIO_TRAVERSE_UNSAFE", "get_objects", "get_referents")
+__all__ = ("ASYNCIO_TRAVERSE_UNSAFE", "get_referents")
 
 #: True where ``gc.get_referents`` on the ``_asyncio`` module returns freed
 #: objects (gh-122695: 3.12.x and 3.13 pre-releases; 3.10, 3.11 and 3.13.0
@@ -45,26 +45,3 @@ def get_referents(obj: object) -> list[Any]:
         return [obj.__dict__]
     return gc.get_referents(obj)
 
-
-def get_objects() -> list[Any]:
-    """ Every object the garbage collector tracks except frames, and the
-    untracked objects they refer to (strings, numbers...), each once: what
-    pympler's ``muppy.get_objects()`` returns, with referents read through
-    :func:`get_referents`.  Runs a full collection first.  The caller owns
-    the list and must ``del`` it when done (it keeps the whole heap alive). """
-    gc.collect()
-    # No local list may exist before gc.get_objects(), or it would be listed.
-    tracked = gc.get_objects()
-    tracked = [o for o in tracked if type(o) is not types.FrameType]  # type(): a dead proxy raises on isinstance
-    seen = {id(o) for o in tracked}
-    untracked: list[Any] = []
-    try:
-        for each in tracked:
-            for referent in get_referents(each):
-                if not gc.is_tracked(referent) and id(referent) not in seen:
-                    seen.add(id(referent))
-                    untracked.append(referent)
-        tracked.extend(untracked)
-        return tracked
-    finally:
-        del untracked

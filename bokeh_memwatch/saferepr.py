@@ -8,28 +8,46 @@ it can (the main thread of a process with ``SIGALRM``, which is what a
 forked heap worker is) gives up after a deadline.  Values are shown only when
 the operator opted in (``--memwatch-show-values``); by default memwatch shows
 type names, attribute names, simple keys and sizes only.
+
+The same goes for everything else about a foreign object: its
+``__getattribute__``, a ``__class__`` property (which ``isinstance`` consults),
+``__sizeof__``, ``__len__``, ``__eq__``/``__hash__`` and a metaclass's
+``__repr__`` are user code.  Heap work reads objects only through the helpers
+here, which use ``type(obj)`` and the C-level descriptors of ``type`` itself:
+:func:`type_name`, :func:`class_name`, :func:`type_mro`, :func:`class_dict`,
+:func:`is_a`, :func:`safe_sizeof`.  One odd object then costs its own row
+(a fallback name or size), never the feature.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import reprlib
 import signal
+import sys
 import threading
-from collections.abc import Iterable
+import types
+from collections.abc import Iterable, Mapping
 from types import FrameType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 __all__ = (
+    "class_dict",
+    "class_name",
     "describe_exception",
     "error_section",
+    "is_a",
     "json_array",
     "json_default",
     "json_lines",
     "merge_json_objects",
     "render_json",
     "safe_repr",
+    "safe_sizeof",
+    "type_mro",
     "type_name",
 )
 
@@ -45,12 +63,90 @@ class _ReprTimeout(BaseException):
     ``except Exception`` in ``__repr__`` cannot swallow it. """
 
 
+# ``type``'s own descriptors: reading a class through them runs no
+# metaclass code (a metaclass may define __getattribute__ or properties).
+_TYPE_MRO: Any = type.__dict__["__mro__"]
+_TYPE_DICT: Any = type.__dict__["__dict__"]
+_TYPE_MODULE: Any = type.__dict__["__module__"]
+_TYPE_QUALNAME: Any = type.__dict__["__qualname__"]
+_C_METHODS = (types.MethodDescriptorType, types.WrapperDescriptorType, types.BuiltinFunctionType)
+
+#: What the garbage collector adds in front of a tracked object (what
+#: ``sys.getsizeof`` adds to ``__sizeof__``).
+_GC_HEADER_BYTES = sys.getsizeof([]) - [].__sizeof__()
+
+
 def type_name(obj: object) -> str:
-    """ ``module.QualName`` of the object's type, without touching the object. """
+    """ ``module.QualName`` of the object's type, without touching the
+    object or running its metaclass's code (``QualName`` for builtins). """
+    return class_name(type(obj))
+
+
+def class_name(kind: type) -> str:
+    """ ``module.QualName`` of a class, read through ``type``'s descriptors;
+    ``"?"`` for the part a class made unreadable. """
+    try:
+        module = _TYPE_MODULE.__get__(kind)
+    except Exception:
+        module = None
+    try:
+        qualname = _TYPE_QUALNAME.__get__(kind)
+    except Exception:
+        qualname = "?"
+    if type(qualname) is not str:
+        qualname = "?"
+    if type(module) is not str or module == "builtins":
+        return str(qualname)
+    return f"{module}.{qualname}"
+
+
+def type_mro(kind: type) -> tuple[type, ...]:
+    """ ``kind.__mro__`` without the metaclass's attribute lookup. """
+    mro = _TYPE_MRO.__get__(kind)
+    return mro if type(mro) is tuple else (kind,)
+
+
+def class_dict(kind: type) -> Mapping[str, Any]:
+    """ ``vars(kind)`` (the class's own namespace, a mappingproxy) without
+    the metaclass's attribute lookup. """
+    namespace = _TYPE_DICT.__get__(kind)
+    return namespace if type(namespace) is types.MappingProxyType else {}
+
+
+def is_a(obj: object, cls: type | tuple[type, ...]) -> bool:
+    """ ``isinstance(obj, cls)`` from ``type(obj)`` alone.
+
+    ``isinstance`` also consults ``obj.__class__`` (a property, or the
+    object's ``__getattribute__``: user code that may raise or hang) when
+    the type does not match; this never does.  ``cls`` must be a plain
+    class (or tuple of them) whose metaclass has no ``__subclasscheck__``.
+    """
+    return issubclass(type(obj), cls)
+
+
+def safe_sizeof(obj: object) -> int:
+    """ ``sys.getsizeof(obj)`` unless the type's ``__sizeof__`` is Python
+    code (user code, which may raise, hang or lie): then the object's basic
+    size (``object.__sizeof__`` plus the gc header).  Never raises. """
     kind = type(obj)
-    module = getattr(kind, "__module__", None)
-    qualname = getattr(kind, "__qualname__", kind.__name__)
-    return qualname if module in (None, "builtins") else f"{module}.{qualname}"
+    method: object = None
+    try:
+        for klass in type_mro(kind):
+            method = class_dict(klass).get("__sizeof__")
+            if method is not None:
+                break
+    except Exception:
+        method = None
+    if type(method) in _C_METHODS:
+        try:
+            return sys.getsizeof(obj)
+        except Exception:  # a C type that refuses: fall through
+            pass
+    try:
+        size = object.__sizeof__(obj)
+    except Exception:
+        return 0
+    return size + (_GC_HEADER_BYTES if gc.is_tracked(obj) else 0)
 
 
 def json_default(value: object) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tornado.web import HTTPError
 
-from .heapwork import HeapWorkBusy, HeapWorkError, HeapWorkTimeout
+from .heapwork import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
 from .snapshots import (
     GROUPS,
     MAX_TYPE_ROWS,
@@ -78,6 +78,8 @@ class SnapshotHandler(JSONHandler):
         except HeapWorkTimeout:
             raise HTTPError(504, reason="the heap job ran out of time; the heap may be very large "
                                         "(see snapshot_timeout_s)") from None
+        except ForkRefused as e:
+            raise HTTPError(409, reason=str(e)) from None
         except HeapWorkError as e:
             log.warning("memwatch heap job failed: %s", e)
             raise HTTPError(503, reason="the heap job failed in its worker (logged on the server)") from None

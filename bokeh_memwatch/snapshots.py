@@ -1,15 +1,17 @@
-""" Heap snapshots: tracemalloc and pympler on demand, growth since a
+""" Heap snapshots: tracemalloc and type summaries on demand, growth since a
 baseline, snapshot files to download, and the JSON bug report.
 
 Everything heavy (``tracemalloc.take_snapshot``, ``Snapshot.dump``,
-``Snapshot.statistics``, ``Snapshot.compare_to``, pympler's ``summarize``)
-runs in the heap worker: a forked child working on a copy-on-write image of
+``Snapshot.statistics``, ``Snapshot.compare_to``, the type summary) runs in
+the heap worker: a forked child working on a copy-on-write image of
 the heap (see :mod:`bokeh_memwatch.heapwork`).  The child writes the snapshot
 file itself and sends back only small plain data; the server process does
 constant-time work (a fork, a ``stat``, a rename, reading a small JSON
-answer), so its IOLoop keeps serving.  Where ``fork`` is missing the work
-runs in a thread (``"technique": "thread"``), which holds the GIL for the
-C parts of tracemalloc and stalls the loop for that long.
+answer), so its IOLoop keeps serving.  Where ``fork`` is missing, or the
+fork policy will not fork (a busy native thread pool could hang it; see
+:func:`bokeh_memwatch.heapwork.fork_policy`), the work runs in a thread
+(``"technique": "thread"``), which holds the GIL for the C parts of
+tracemalloc and stalls the loop for that long.
 
 Snapshot files live in a private temporary directory (mode 0700), bounded in
 number and bytes, and are removed when the :class:`SnapshotManager` stops or
@@ -24,6 +26,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import gc
 import itertools
 import json
 import logging
@@ -35,6 +38,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +46,16 @@ from typing import Any, Literal, Protocol
 
 from . import chains as chain_search
 from .heapwork import HeapWorker, Rendered
-from .saferepr import error_section, json_array, json_lines, merge_json_objects, render_json
+from .referents import get_referents
+from .saferepr import (
+    class_name,
+    error_section,
+    json_array,
+    json_lines,
+    merge_json_objects,
+    render_json,
+    safe_sizeof,
+)
 
 log = logging.getLogger(__name__)
 
@@ -298,19 +311,73 @@ def _allocators(
 
 
 def _type_summary() -> list[list[Any]]:
-    """ pympler's per-type summary of every object: ``[type, count, size_bytes]``
-    rows, largest first. """
-    from pympler import summary
+    """ A per-type summary of every object: ``[type, count, size_bytes]`` rows,
+    largest first, in pympler's row format (``module.QualName``, builtins
+    bare, ``function (name)``, ``module(name)``; frames left out).
 
-    from .referents import get_objects
-
-    objects = get_objects()  # muppy.get_objects(), safe on 3.12 (gh-122695)
+    Unlike pympler's ``muppy.get_objects()`` and ``summary.summarize()``
+    this runs no code of the app's: no ``gc.collect()`` (which would run
+    finalizers and weakref callbacks of pending garbage; unreachable cycles
+    not yet collected are counted, as they are in memory), no
+    ``isinstance`` (which consults ``__class__``), no metaclass ``__repr__``
+    for the name, and ``__sizeof__`` only where it is C code
+    (:func:`~bokeh_memwatch.saferepr.safe_sizeof`).
+    """
+    objects = _heap_objects()
+    counts: dict[str, list[int]] = {}
+    names: dict[type, str] = {}
     try:
-        rows = summary.summarize(objects)  # type: ignore[no-untyped-call]
+        for obj in objects:
+            kind = type(obj)
+            if kind is types.FunctionType or kind is types.ModuleType:
+                name = _callable_row_name(obj, kind)
+            else:
+                name = names.get(kind) or names.setdefault(kind, class_name(kind))
+            row = counts.get(name)
+            if row is None:
+                row = counts[name] = [0, 0]
+            row[0] += 1
+            row[1] += safe_sizeof(obj)
     finally:
         del objects
+    rows = [[name, count, size] for name, (count, size) in counts.items()]
     rows.sort(key=lambda r: (r[2], r[1]), reverse=True)
-    return [[str(name), int(count), int(size)] for name, count, size in rows]
+    return rows
+
+
+def _heap_objects() -> list[object]:
+    """ Every object the garbage collector tracks (frames left out) and the
+    untracked objects they refer to, once each; what pympler's
+    ``muppy.get_objects()`` returns, without its ``gc.collect()``. """
+    objects = [o for o in gc.get_objects() if type(o) is not types.FrameType]
+    seen = {id(o) for o in objects}
+    untracked: list[object] = []
+    for obj in objects:
+        for ref in get_referents(obj):  # gc.get_referents, safe on 3.12 (gh-122695)
+            if not gc.is_tracked(ref) and id(ref) not in seen:
+                seen.add(id(ref))
+                untracked.append(ref)
+    objects.extend(untracked)
+    del untracked
+    return objects
+
+
+def _callable_row_name(obj: object, kind: type) -> str:
+    """ pympler's row of a function (``function (name)``) or a module
+    (``module(name)``), read through the types' own descriptors. """
+    try:
+        if kind is types.FunctionType:
+            name = _FUNCTION_NAME.__get__(obj)
+            return f"function ({name})" if type(name) is str else "function"
+        namespace = _MODULE_DICT.__get__(obj)
+        name = namespace.get("__name__") if type(namespace) is dict else None
+        return f"module({name})" if type(name) is str else "module(nameless)"
+    except Exception:
+        return class_name(kind)
+
+
+_FUNCTION_NAME: Any = vars(types.FunctionType)["__name__"]
+_MODULE_DICT: Any = vars(types.ModuleType)["__dict__"]
 
 
 def _types_answer(rows: list[list[Any]], baseline_types_path: str | None) -> dict[str, Any]:
@@ -356,7 +423,7 @@ def _split_types(meta: Mapping[str, Any], body: bytes) -> dict[str, Any]:
 
 
 def _types_job(baseline_types_path: str | None, parent_pid: int) -> Rendered:
-    """ Heap worker: pympler's summary, and its growth since the baseline. """
+    """ Heap worker: the type summary, and its growth since the baseline. """
     _stop_tracing_in_child(parent_pid)
     meta, body = _types_rendered(_type_summary(), baseline_types_path)
     return Rendered(meta, body)
@@ -839,7 +906,8 @@ class SnapshotManager:
 
         # A forked worker reads the sessions (the bulk of the report) from its
         # copy of the heap; a thread must not read them while the loop changes them.
-        sections = read_sessions if self.heap_worker.forks else functools.partial(dict, read_sessions())
+        plan = self.heap_worker.plan()
+        sections = read_sessions if plan.technique == "fork" else functools.partial(dict, read_sessions())
         job = functools.partial(
             _report_job, head, sections, chain_jobs, settings,
             tracing=tracing,
@@ -850,7 +918,7 @@ class SnapshotManager:
             types_limit=types_limit,
             parent_pid=os.getpid(),
         )
-        running = asyncio.ensure_future(self.heap_worker.run(job, timeout_s=self.timeout_s))
+        running = asyncio.ensure_future(self.heap_worker.run(job, timeout_s=self.timeout_s, plan=plan))
         try:
             # The fork runs first; a timer sleep lets every callback that came
             # due meanwhile run before the summary, so the two stalls never add up.

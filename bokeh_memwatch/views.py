@@ -26,7 +26,7 @@ from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from tornado.web import HTTPError
 
 from .core import SessionAlive, SessionCollected, UnknownSession
-from .heapwork import HeapWorkBusy, HeapWorkError, HeapWorkTimeout
+from .heapwork import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
 from .saferepr import merge_json_objects, render_json
 
 if TYPE_CHECKING:
@@ -320,6 +320,8 @@ class ChainHandler(JSONHandler):
             raise HTTPError(429, reason="another heap search is running; retry shortly") from None
         except HeapWorkTimeout:
             raise HTTPError(504, reason="the search ran out of time; the heap may be very large") from None
+        except ForkRefused as e:
+            raise HTTPError(409, reason=str(e)) from None
         except HeapWorkError as e:
             log.warning("memwatch chain search failed: %s", e)
             raise HTTPError(503, reason="the search failed in its worker (logged on the server)") from None

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 
 from bokeh_memwatch.heapwork import (
+    ForkRefused,
     HeapWorkBusy,
     HeapWorker,
     HeapWorkError,
     HeapWorkTimeout,
     IsolatedResult,
     Rendered,
+    fork_policy,
     run_isolated,
 )
 from bokeh_memwatch.saferepr import json_array, json_lines, merge_json_objects, render_json
@@ -288,3 +290,98 @@ def test_event_loop_keeps_ticking_while_a_child_works() -> None:
     inline_lateness_s = asyncio.run(_max_lateness_s(inline))
     assert forked_lateness_s < 0.25
     assert inline_lateness_s > 0.8 * job_s
+
+
+# --- the fork policy and the child's hygiene ---------------------------------
+#
+# conftest limits this process's BLAS pool to one thread (as the policy
+# advises); ``threadpool_limits(2)`` gives it a real multi-thread pool again
+# for a test.  Nothing computes meanwhile, and nothing forks over it except
+# where "force" says so.
+
+
+def _blas_pool(threads: int) -> Any:
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(threads, user_api="blas")
+
+
+def test_policy_forks_over_a_one_thread_pool() -> None:
+    plan = fork_policy()
+    assert plan.technique == "fork" and plan.refused is None and not plan.refuse
+    assert plan.unsafe_pools == () and plan.inspect_s < 0.5
+    assert plan.describe()["mode"] == "auto"
+
+
+def test_policy_over_a_multi_thread_openblas_pool() -> None:
+    with _blas_pool(2):
+        auto = fork_policy("auto")
+        refuse = fork_policy("refuse")
+        force = fork_policy("force")
+        never = fork_policy("never")
+        asked = fork_policy("auto", use_fork=True)
+        thread = fork_policy("auto", use_fork=False)
+    assert auto.technique == "thread" and not auto.refuse
+    assert auto.refused is not None and "OPENBLAS_NUM_THREADS=1" in auto.refused and "force" in auto.refused
+    assert any("openblas" in pool and "2 threads" in pool for pool in auto.unsafe_pools), auto.unsafe_pools
+    assert refuse.refuse and refuse.unsafe_pools == auto.unsafe_pools
+    assert force.technique == "fork" and not force.refuse and force.unsafe_pools == auto.unsafe_pools
+    assert never.technique == "thread" and never.refused == "heap_fork is 'never'" and never.inspect_s == 0
+    assert asked.refuse  # a fork asked for explicitly is refused, not silently threaded
+    assert thread.technique == "thread" and thread.refused is None
+    with pytest.raises(ValueError, match="heap_fork must be one of"):
+        fork_policy("sometimes")  # type: ignore[arg-type]
+
+
+def test_every_job_follows_the_policy_and_says_so() -> None:
+    async def main() -> tuple[IsolatedResult, IsolatedResult]:
+        with _blas_pool(2):
+            threaded = await run_isolated(os.getpid, timeout_s=10.0)
+            with pytest.raises(ForkRefused, match="OPENBLAS_NUM_THREADS=1"):
+                await run_isolated(os.getpid, timeout_s=10.0, use_fork=True)
+            with pytest.raises(ForkRefused) as refused:
+                await HeapWorker(fork_mode="refuse").run(os.getpid, timeout_s=10.0)
+            assert refused.value.plan.refuse
+            worker = HeapWorker(fork_mode="auto")
+            assert not worker.forks and worker.plan().technique == "thread"
+            via_worker = await worker.run(os.getpid, timeout_s=10.0)
+            assert not worker.busy
+        return threaded, via_worker
+
+    threaded, via_worker = asyncio.run(main())
+    for result in (threaded, via_worker):
+        assert result.technique == "thread" and result.value == os.getpid()
+        costs = result.costs()
+        assert costs["technique"] == "thread"
+        assert "openblas" in " ".join(costs["fork_policy"]["unsafe_pools"])
+        assert costs["fork_policy"]["refused"].startswith("not forking")
+    with pytest.raises(ValueError, match="fork_mode"):
+        HeapWorker(fork_mode="maybe")  # type: ignore[arg-type]
+
+
+@needs_fork
+def test_child_never_collects_and_keeps_only_the_answer_pipe() -> None:
+    def inspect_child() -> dict[str, Any]:
+        before = len(gc.garbage)
+        collected = gc.collect()
+        return {
+            "collected": collected,
+            "garbage": len(gc.garbage) - before,
+            "gc_enabled": gc.isenabled(),
+            "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+        }
+
+    extra = [os.open(os.devnull, os.O_RDONLY) for _ in range(3)]  # inherited, like client sockets
+    try:
+        parent_fds = len(os.listdir("/proc/self/fd"))
+        result = asyncio.run(run_isolated(inspect_child, timeout_s=10.0, use_fork=True))
+    finally:
+        for fd in extra:
+            os.close(fd)
+    value = result.value
+    assert value["collected"] == 0 and value["garbage"] == 0 and value["gc_enabled"] is False
+    # stdio, the answer pipe, and the descriptor listdir itself opens; the
+    # parent had more (these three at least).
+    above_stdio = [fd for fd in value["fds"] if fd > 2]
+    assert len(above_stdio) <= 2 < parent_fds - 3, (value["fds"], parent_fds)
+    assert result.costs()["fork_policy"]["refused"] is None

@@ -267,9 +267,9 @@ def test_types_are_rate_limited_and_shared() -> None:
         async def main() -> tuple[dict[str, Any], ...]:
             original = worker.run
 
-            async def counting(fn: Callable[[], Any], *, timeout_s: float) -> Any:
+            async def counting(fn: Callable[[], Any], *, timeout_s: float, plan: Any = None) -> Any:
                 calls.append(time.monotonic())
-                return await original(fn, timeout_s=timeout_s)
+                return await original(fn, timeout_s=timeout_s, plan=plan)
 
             worker.run = counting  # type: ignore[method-assign]
             # Two at once share one summary; a third within the interval reuses it.

@@ -52,6 +52,9 @@ class BenchServer:
             "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
             # Whatever memwatch persists goes to a throwaway directory, never the user's.
             "XDG_STATE_HOME": str(self.log_path.parent / "state"),
+            # The app loads numpy: a one-thread OpenBLAS pool, as the fork
+            # policy advises, so heavy operations are measured forked.
+            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
         }
         with open(self.log_path, "w") as log_file:
             self._process = subprocess.Popen(

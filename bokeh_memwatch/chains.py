@@ -198,6 +198,7 @@ def find_chain(
     frontier: list[object] = [target]
     next_frontier: list[object] = []
     batch: list[object] = []
+    batch_args: tuple[object, ...] = ()
     batch_ids: set[int] = set()
     referrers: list[object] = []
     root_id: int | None = None
@@ -230,8 +231,12 @@ def find_chain(
                     break
                 batch = frontier[start:start + _BATCH_SIZE]
                 batch_ids = {id(x) for x in batch}
-                # (CPython leaves out the call's own argument tuple.)
-                referrers = gc.get_referrers(*batch)
+                # The argument tuple of the call refers to the batch: CPython
+                # leaves out the tuple it hands to get_referrers, and from
+                # 3.13 that is a copy of the one the call was made with, so
+                # that one is ours and skipped by identity below.
+                batch_args = tuple(batch)
+                referrers = gc.get_referrers(*batch_args)
                 for n, source in enumerate(referrers):
                     if n % _DEADLINE_CHECK_EVERY == 0 and n and time.monotonic() >= deadline_at_s:
                         reason = "timeout"
@@ -243,6 +248,7 @@ def find_chain(
                         or source is frontier
                         or source is next_frontier
                         or source is batch
+                        or source is batch_args
                         or source is referrers
                     ):
                         continue
@@ -260,6 +266,7 @@ def find_chain(
                         break
                     next_frontier.append(source)
                 referrers = []
+                batch_args = ()
                 if root_id is not None or reason is not None:
                     break
             frontier = next_frontier
@@ -291,6 +298,7 @@ def find_chain(
         seen.clear()
         parent.clear()
         frontier = next_frontier = batch = referrers = []
+        batch_args = ()
         del target
 
 

@@ -22,12 +22,15 @@ log = logging.getLogger(__name__)
 
 __all__ = (
     "http_server_of",
+    "on_server_start",
     "on_tornado_start",
+    "server_scheme",
     "server_settings",
     "tornado_app_of",
 )
 
 _start_hooks: list[Callable[[BokehTornado], None]] = []
+_server_start_hooks: list[Callable[[BaseServer], None]] = []
 
 
 def tornado_app_of(server: BaseServer) -> BokehTornado:
@@ -88,3 +91,39 @@ def on_tornado_start(hook: Callable[[BokehTornado], None]) -> None:
         BokehTornado.start = start  # type: ignore[method-assign]
     if hook not in _start_hooks:
         _start_hooks.append(hook)
+
+
+def server_scheme(server: BaseServer) -> str:
+    """ ``"https"`` when the server's HTTPServer has TLS options (Bokeh's
+    ``--ssl-certfile``), else ``"http"``: ``BaseServer`` keeps its HTTPServer
+    in a private attribute. """
+    return "https" if getattr(server._http, "ssl_options", None) else "http"
+
+
+def on_server_start(hook: Callable[[BaseServer], None]) -> None:
+    """ Call ``hook(server)`` right after every ``BaseServer.start()``.
+
+    ``start`` is public, and the one moment every way of running a server
+    shares (``bokeh serve``, ``panel serve``, an embedded ``Server``): it runs
+    once per server, in each worker after a ``--num-procs`` fork, with the
+    sockets bound.  The method is wrapped once; the wrapper calls the
+    original first and isolates hook failures.
+    """
+    from bokeh.server.server import BaseServer
+
+    if not getattr(BaseServer.start, "_memwatch_wrapped", False):
+        original = BaseServer.start
+
+        @functools.wraps(original)
+        def start(self: BaseServer) -> None:
+            original(self)
+            for each in list(_server_start_hooks):
+                try:
+                    each(self)
+                except Exception:
+                    log.exception("memwatch server start hook %r failed", each)
+
+        start._memwatch_wrapped = True  # type: ignore[attr-defined]
+        BaseServer.start = start  # type: ignore[method-assign]
+    if hook not in _server_start_hooks:
+        _server_start_hooks.append(hook)

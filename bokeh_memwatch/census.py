@@ -42,7 +42,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import chains
+from . import chains, referents
 from .heapwork import ForkRefused, HeapWorkBusy, HeapWorker
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def census_job(
 
     python_sizeof: dict[type, bool] = {}
     is_tracked = gc.is_tracked
-    get_referents = gc.get_referents
+    get_referents = referents.get_referents  # safe on 3.12 (gh-122695)
     getsizeof = sys.getsizeof
     object_sizeof = object.__sizeof__
     # Per tracked type: [count, bytes, 1 if its __sizeof__ is Python code
@@ -383,7 +383,7 @@ def _untracked_pairs(obj: object) -> list[tuple[Any, Any]]:
     out = []
     # Untracked dicts and tuples (CPython untracks those holding only
     # untracked objects) are opened, a few levels deep.
-    pending = [(ref, 0) for ref in gc.get_referents(obj)]
+    pending = [(ref, 0) for ref in referents.get_referents(obj)]
     while pending:
         ref, level = pending.pop()
         if is_tracked(ref):
@@ -392,7 +392,7 @@ def _untracked_pairs(obj: object) -> list[tuple[Any, Any]]:
         # sees ``obj -> ref`` but not ``view -> base``)
         out.append((ref, ref))
         if type(ref) in (dict, tuple) and level < 3:
-            pending.extend((inner, level + 1) for inner in gc.get_referents(ref))
+            pending.extend((inner, level + 1) for inner in referents.get_referents(ref))
             continue
         array = ref
         for _ in range(8):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _frames
+from .referents import get_referents
 from .saferepr import class_dict, is_a, safe_repr, type_mro, type_name
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,13 @@ class Roots:
         }
 
 
+#: Threads memwatch starts (``memwatch-check``, ``memwatch-check-client_0``,
+#: ``memwatch-heapwork``...): their frames are not roots.  The check's driver
+#: holds the server's objects while it asks about them; on 3.13 a search found
+#: a leaked Document through the driver's own frame before the app's module.
+_OWN_THREAD_PREFIX = "memwatch-"
+
+
 def capture_roots(*, include_current_thread: bool = False) -> Roots:
     """ Record threads and the locals of running frames, as ids and strings.
 
@@ -100,6 +108,8 @@ def capture_roots(*, include_current_thread: bool = False) -> Roots:
         include_current_thread: also record the frames of the calling
             thread.  Off by default: the caller's own stack (the request
             handler, the event loop) holds the target it is asking about.
+            Frames of memwatch's own threads (named ``memwatch-...``) are
+            never recorded, for the same reason.
 
     The locals are read in place by :func:`bokeh_memwatch._frames.local_ids`
     (never through ``frame.f_locals`` of a function frame before 3.13, which
@@ -110,11 +120,14 @@ def capture_roots(*, include_current_thread: bool = False) -> Roots:
     threads = tuple(threading.enumerate())
     thread_roots: dict[int, str] = {}
     names_by_ident: dict[int, str] = {}
+    own_idents: set[int] = set()
     for thread in threads:
         name = _thread_name(thread)
         thread_roots[id(thread)] = f"thread '{name}'"
         if thread.ident is not None:
             names_by_ident[thread.ident] = name
+            if name.startswith(_OWN_THREAD_PREFIX):
+                own_idents.add(thread.ident)
 
     frame_locals: dict[int, str] = {}
     frame_sites: dict[int, tuple[str, str]] = {}
@@ -124,6 +137,8 @@ def capture_roots(*, include_current_thread: bool = False) -> Roots:
         for ident in list(frames):
             if ident == current_ident and not include_current_thread:
                 continue
+            if ident in own_idents:
+                continue  # memwatch's own workers hold what they inspect, like the caller
             thread_name = names_by_ident.get(ident, f"ident {ident}")
             frame = frames[ident]
             while frame is not None:
@@ -461,7 +476,7 @@ def _local_name_of(frame: object, dst: object) -> str | None:
 
 
 def _first_referent_in(source: object, wanted_ids: set[int]) -> int | None:
-    for referent in gc.get_referents(source):
+    for referent in get_referents(source):  # gc.get_referents, safe on 3.12 (gh-122695)
         if id(referent) in wanted_ids:
             return id(referent)
     return None

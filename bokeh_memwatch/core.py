@@ -286,10 +286,14 @@ class MemWatch:
 
     def patterns(self) -> list[tuple[str, type, dict[str, Any]]]:
         """ Tornado routes for ``Server(..., extra_patterns=...)``; Bokeh
-        prepends the server's ``--prefix`` to each. """
+        prepends the server's ``--prefix`` to each.  A server they are
+        mounted on logs the dashboard's URL when it starts. """
+        from ._bokeh_internals import on_server_start
         from .probes import probe_routes
+        from .server import announce_dashboard
         from .views import routes
 
+        on_server_start(announce_dashboard)
         if not self.options.http:
             from .metrics import metrics_routes
 

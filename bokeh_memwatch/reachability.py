@@ -66,6 +66,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import referents
+
 log = logging.getLogger(__name__)
 
 __all__ = (
@@ -259,11 +261,12 @@ def _mark(heap: Heap, objs: list[Any], bias: int, timer_set: frozenset[type]) ->
     n = len(objs)
     index = heap.index = {id(objs[i]): i for i in range(n)}
     get = index.get
-    get_referents = gc.get_referents
+    # Safe on 3.12, whose _asyncio module hands out freed objects (gh-122695).
+    get_referents_of = referents.get_referents_of
     # Step 2: subtract references between tracked objects (every reference
     # tp_traverse visits counts once, as in subtract_refs).
     for k in range(0, n, _BATCH):
-        for j in map(get, map(id, get_referents(*objs[k:k + _BATCH]))):
+        for j in map(get, map(id, get_referents_of(objs[k:k + _BATCH]))):
             if j is not None:
                 gc_refs[j] -= 1
     # Step 3a: mark from the roots, not following references out of timers.
@@ -301,14 +304,14 @@ def _spread(
     by level, not following references out of objects whose exact type is
     in ``stop_at`` (their positions go to ``stopped``); with ``label``
     ``(held_until, due)``, record ``due`` for every newly marked position. """
-    get_referents = gc.get_referents
+    get_referents_of = referents.get_referents_of
     while frontier:
         batch = [objs[i] for i in frontier if type(objs[i]) not in stop_at]
         if stop_at:
             stopped.extend(i for i in frontier if type(objs[i]) in stop_at)
         found: list[int] = []
         for k in range(0, len(batch), _BATCH):
-            for j in map(get, map(id, get_referents(*batch[k:k + _BATCH]))):
+            for j in map(get, map(id, get_referents_of(batch[k:k + _BATCH]))):
                 if j is not None and not marked[j]:
                     marked[j] = 1
                     found.append(j)

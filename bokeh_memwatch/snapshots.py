@@ -46,6 +46,7 @@ from typing import Any, Literal, Protocol
 
 from . import chains as chain_search
 from .heapwork import HeapWorker, Rendered
+from .referents import get_referents
 from .saferepr import (
     class_name,
     error_section,
@@ -352,7 +353,7 @@ def _heap_objects() -> list[object]:
     seen = {id(o) for o in objects}
     untracked: list[object] = []
     for obj in objects:
-        for ref in gc.get_referents(obj):
+        for ref in get_referents(obj):  # gc.get_referents, safe on 3.12 (gh-122695)
             if not gc.is_tracked(ref) and id(ref) not in seen:
                 seen.add(id(ref))
                 untracked.append(ref)

@@ -27,7 +27,7 @@ from bokeh.application.handlers.script import ScriptHandler
 from threadpoolctl import threadpool_limits
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.testing import ServerThread
+from bokeh_memwatch.testing import ServerThread, client_session
 
 # The test servers fork heap workers, and the fork policy will not fork over
 # a multi-thread native pool (bokeh_memwatch.heapwork.fork_policy).  As the
@@ -144,11 +144,9 @@ def _reset_holders() -> Iterator[None]:
 
 def open_and_close_sessions(url: str, n: int, arguments: Mapping[str, str] | None = None) -> list[str]:
     """ Open ``n`` sessions with ``pull_session`` one after another and close them. """
-    from bokeh.client import pull_session
-
     ids: list[str] = []
     for _ in range(n):
-        with contextlib.closing(pull_session(url=url, arguments=dict(arguments or {}))) as session:
+        with client_session(url, arguments) as session:
             ids.append(session.id)
     return ids
 

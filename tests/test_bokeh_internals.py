@@ -13,11 +13,19 @@ from bokeh.application import Application
 from bokeh.application.handlers.handler import Handler
 from bokeh.document import Document
 from bokeh.server.contexts import ApplicationContext, BokehServerContext
+from bokeh.server.server import BaseServer
 from bokeh.server.session import ServerSession
 from bokeh.server.tornado import BokehTornado
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch._bokeh_internals import http_server_of, on_tornado_start, server_settings, tornado_app_of
+from bokeh_memwatch._bokeh_internals import (
+    http_server_of,
+    on_server_start,
+    on_tornado_start,
+    server_scheme,
+    server_settings,
+    tornado_app_of,
+)
 
 from .conftest import script_app
 
@@ -58,6 +66,31 @@ def test_tornado_start_hook_runs_after_start(serve) -> None:
     assert seen and seen[-1] is tornado_app_of(server.server)
     assert getattr(BokehTornado.start, "_memwatch_wrapped", False)
     assert inspect.signature(BokehTornado.start).parameters.keys() == {"self"}
+
+
+def test_server_start_hook_runs_after_start_with_the_port_bound(serve) -> None:
+    from bokeh_memwatch._bokeh_internals import _server_start_hooks
+
+    seen: list[tuple[BaseServer, int | None, bool]] = []
+
+    def hook(s: BaseServer) -> None:
+        seen.append((s, s.port, "/clean" in tornado_app_of(s).applications))
+
+    on_server_start(hook)
+    try:
+        server = serve({"/clean": script_app("clean")})
+    finally:
+        _server_start_hooks.remove(hook)  # later servers must not land in ``seen``
+    assert seen == [(server.server, server.server.port, True)]
+    seen.clear()
+    assert getattr(BaseServer.start, "_memwatch_wrapped", False)
+    assert inspect.signature(BaseServer.start).parameters.keys() == {"self"}
+    # The URL parts the startup line reads: public properties, and the
+    # HTTPServer's TLS options behind the private ``_http``.
+    for name in ("port", "address", "prefix"):
+        assert isinstance(inspect.getattr_static(BaseServer, name), property), f"BaseServer.{name}"
+    assert server_scheme(server.server) == "http"
+    assert hasattr(server.server._http, "ssl_options"), "BaseServer._http.ssl_options is gone"
 
 
 def test_public_api_the_design_stands_on() -> None:

@@ -26,6 +26,8 @@ def test_serve_with_prefix_and_extra_patterns(run_command) -> None:
                    "--extra-patterns", "tests.extra_routes:OTHER", "tests/apps/leak_global.py"),
         port, prefix="/pfx", env=ENV,
     )
+    # The log names the dashboard, as Bokeh's names the app.
+    assert f"memwatch dashboard at http://127.0.0.1:{port}/pfx/memwatch\n" in server.log()
     # Everything lives under the prefix; nothing at the bare path.
     assert http("GET", f"http://127.0.0.1:{port}/memwatch/api/summary")[0] == 404
     assert http("GET", f"{server.url}/hello")[2] == {"hello": "from an extra pattern"}

@@ -7,11 +7,12 @@ API what is still alive and why.
 """
 from __future__ import annotations
 
-import urllib.request
+import contextlib
 
 import pytest
 
 from bokeh_memwatch import MemWatch
+from bokeh_memwatch.testing import client_session
 
 from .conftest import api, open_and_close_sessions, script_app, settle_orphans, wait_until
 
@@ -69,11 +70,9 @@ def test_bounded_leak_keeps_only_the_last_session(serve) -> None:
 
 
 def test_live_sessions_are_counted_per_session(serve) -> None:
-    from bokeh.client import pull_session
-
     server = serve({"/app": script_app("clean")})
-    sessions = [pull_session(url=server.url + "/app") for _ in range(2)]
-    try:
+    with contextlib.ExitStack() as stack:
+        sessions = [stack.enter_context(client_session(server.url + "/app")) for _ in range(2)]
         wait_until(lambda: api(server.url, "summary")["sessions"] == 2, what="two sessions")
         rows = api(server.url, "sessions")["sessions"]
         assert {r["id"] for r in rows} == {s.id for s in sessions}
@@ -86,9 +85,6 @@ def test_live_sessions_are_counted_per_session(serve) -> None:
         assert api(server.url, "sessions?app=/nope")["sessions"] == []
         # A live session has no chain to explain.
         api(server.url, f"orphans/{sessions[0].id}/chain", "POST", expect=409)
-    finally:
-        for s in sessions:
-            s.close()
 
 
 def test_sessions_between_ticks_are_not_missed(serve) -> None:
@@ -118,29 +114,31 @@ def test_history_records_activity(serve) -> None:
 def test_per_model_work_runs_in_its_own_callback(serve) -> None:
     # The sampler's tick counts; the per-Model figures (bytes in each source)
     # are refreshed by a separate callback right after it, within the budget.
+    # The sessions are held open by websocket clients: Bokeh never discards a
+    # connected session, so all three are in every sample until they close
+    # (page loads would be unused sessions, discarded after 100 ms here).
     mw = MemWatch(interval_ms=100, orphan_grace_ms=0)
-    # Sessions kept live: the bytes must be those of live sessions (destroyed
-    # ones' garbage awaits collection and is not counted).
-    server = serve({"/app": script_app("clean")}, memwatch=mw, unused_session_lifetime_milliseconds=60_000)
-    for _ in range(3):
-        with urllib.request.urlopen(server.url + "/app", timeout=30) as response:
-            response.read()
+    server = serve({"/app": script_app("clean")}, memwatch=mw)
 
     def sampled_bytes() -> float:
         last = (api(server.url, "history?limit=1")["samples"] or [{}])[-1]
         return float((last.get("apps") or {}).get("/app", {}).get("data_bytes") or 0)
 
-    # Only ticks write history: figures there come from the sampler's own refresh.
-    wait_until(lambda: sampled_bytes() >= 3 * 1000 * 8, what="source bytes of all 3 sessions in a sample")
-    sampler = server.call(lambda: mw.sampler)
-    assert sampler is not None and sampler.running
-    state = api(server.url, "summary")["sampler"]
-    assert state["max_refresh_ms"] > 0 and state["max_tick_ms"] > 0
-    # Calling tick() on the loop while the sampler runs leaves the refresh to a later callback.
-    def tick_now() -> float:
-        sampler.last_refresh_ms = -1.0
-        sampler.tick()
-        return float(sampler.last_refresh_ms)
+    with contextlib.ExitStack() as stack:
+        for _ in range(3):
+            stack.enter_context(client_session(server.url + "/app"))
+        # Only ticks write history: figures there come from the sampler's own refresh.
+        wait_until(lambda: sampled_bytes() >= 3 * 1000 * 8, what="source bytes of all 3 sessions in a sample")
+        sampler = server.call(lambda: mw.sampler)
+        assert sampler is not None and sampler.running
+        state = api(server.url, "summary")["sampler"]
+        assert state["max_refresh_ms"] > 0 and state["max_tick_ms"] > 0
 
-    assert server.call(tick_now) == -1.0
-    wait_until(lambda: server.call(lambda: sampler.last_refresh_ms) >= 0, what="the refresh callback")
+        # Calling tick() on the loop while the sampler runs leaves the refresh to a later callback.
+        def tick_now() -> float:
+            sampler.last_refresh_ms = -1.0
+            sampler.tick()
+            return float(sampler.last_refresh_ms)
+
+        assert server.call(tick_now) == -1.0
+        wait_until(lambda: server.call(lambda: sampler.last_refresh_ms) >= 0, what="the refresh callback")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .cgroup import CgroupMemoryCollector
 from .history_db import HistoryDB, default_history_dir, resolve_history_dir
 from .limits import LimitGuard, fraction_of, write_limit_report
+from .registry import pid_alive
 from .store import APP_FIELDS, PROCESS_FIELDS
 
 if TYPE_CHECKING:
@@ -60,15 +61,6 @@ def server_key(port: int | None, prefix: str, app_paths: Iterable[str]) -> str:
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     return f"{text[:200]} #{digest}"
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, as another user's process
-        return True
-    return True
 
 
 class Cluster:
@@ -174,7 +166,7 @@ class Cluster:
             recent = self.db.latest_per_pid(since=time.time() - self.window_s())
             # A process that exited (a restart, a recycled worker) is no worker,
             # even while its last sample is recent.  Workers share the host.
-            out.update((pid, sample) for pid, sample in recent.items() if _alive(pid))
+            out.update((pid, sample) for pid, sample in recent.items() if pid_alive(pid))
         out.pop(me, None)
         if latest is not None:
             out[me] = {**latest, "pid": me, "memory_limit_bytes": self.cgroup.limit_bytes()}

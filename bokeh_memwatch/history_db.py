@@ -328,30 +328,32 @@ class HistoryDB:
             self.error = f"reopening: {reason}"
         self._drop_connections()
         try:
-            writer, reader, identity = self._open_connections()
+            self._install_connections()
         except (OSError, sqlite3.Error) as e:
             if _is_corrupt(e) and os.path.exists(self.path):
                 self._corrupt_file_at_open(str(e))
                 return
             self._set_error(f"cannot reopen {self.path}: {type(e).__name__}: {e}", warn=True)
             return
-        with self._read_lock:
-            self._writer, self._reader, self._identity = writer, reader, identity
-        self.reopened += 1
-        self._errors_in_row = 0
         if reason is not None:
             log.info("memwatch history: reopened %s (%s)", self.path, reason)
-        self.error = None
 
     def _corrupt_file_at_open(self, reason: str) -> None:
         log.warning("memwatch history: %s is not a usable database (%s); moving it to %s.corrupt",
                     self.path, reason, self.path)
         self._move_aside()
         try:
-            writer, reader, identity = self._open_connections()
+            self._install_connections()
         except (OSError, sqlite3.Error) as e:
             self._set_error(f"cannot reopen {self.path}: {type(e).__name__}: {e}", warn=True)
-            return
+
+    def _install_connections(self) -> None:
+        """ Open the file anew and use it (a reopen that worked).
+
+        Raises:
+            OSError, sqlite3.Error: from opening it; nothing changed then.
+        """
+        writer, reader, identity = self._open_connections()
         with self._read_lock:
             self._writer, self._reader, self._identity = writer, reader, identity
         self.reopened += 1

@@ -8,6 +8,7 @@ thread.  Every wait is bounded; every server is stopped.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -149,6 +150,19 @@ def open_and_close_sessions(url: str, n: int, arguments: Mapping[str, str] | Non
         with client_session(url, arguments) as session:
             ids.append(session.id)
     return ids
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    """ The collector off for the test: garbage it makes survives until a
+    forked child scans it (the child's copy of the heap is the test's). """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def settle_orphans(url: str, destroyed: int) -> dict[str, Any]:

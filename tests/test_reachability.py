@@ -33,17 +33,10 @@ class Node:
         self.other: Any = None
 
 
-@pytest.fixture
-def no_gc() -> Iterator[None]:
-    """ Garbage made by a test must survive until the child scans it. """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-        HELD.clear()
+@pytest.fixture(autouse=True)
+def _clear_held() -> Iterator[None]:
+    yield
+    HELD.clear()
 
 
 def _fates(groups: dict[str, list[weakref.ReferenceType[Any]]]) -> dict[str, list[list[Any]]]:

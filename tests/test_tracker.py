@@ -5,10 +5,8 @@ import asyncio
 import gc
 import os
 import time
-from collections.abc import Iterator
 
 import numpy as np
-import pytest
 from bokeh.document import Document
 from bokeh.models import ColumnDataSource
 from bokeh.plotting import figure
@@ -64,15 +62,6 @@ def _verify(tracker: SessionTracker) -> int:
     return tracker.apply_verification(result.value, verified_at=tracker._clock())
 
 
-@pytest.fixture
-def no_gc() -> Iterator[None]:
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def test_without_fork_orphans_follow_the_collectors_schedule() -> None:

@@ -266,10 +266,20 @@ def find_chain(
                         or source is referrers
                     ):
                         continue
-                    via_id = (
-                        id(batch[0]) if len(batch) == 1
-                        else _first_referent_in(source, batch_ids)
-                    )
+                    if type(source) is types.FrameType:
+                        # Up to 3.10 a frame refers to its globals and
+                        # builtins; they are its function's module's (from
+                        # 3.11 frames no longer traverse them): never a path.
+                        via_id = _first_referent_in(
+                            source, batch_ids - {id(source.f_globals), id(source.f_builtins)},
+                        )
+                        if via_id is None:
+                            continue
+                    else:
+                        via_id = (
+                            id(batch[0]) if len(batch) == 1
+                            else _first_referent_in(source, batch_ids)
+                        )
                     if via_id is None:  # pragma: no cover - changed under us
                         continue
                     seen[source_id] = source

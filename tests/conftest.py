@@ -165,6 +165,15 @@ def no_gc() -> Iterator[None]:
             gc.enable()
 
 
+def dataframe_type() -> str:
+    """ How the census names ``pandas.DataFrame`` here: its module as the
+    installed pandas spells it (``pandas`` from pandas 3, before that
+    ``pandas.core.frame``) and its name. """
+    import pandas
+
+    return f"{pandas.DataFrame.__module__}.DataFrame"
+
+
 def settle_orphans(url: str, destroyed: int) -> dict[str, Any]:
     """ Wait until Bokeh destroyed ``destroyed`` sessions, collect, wait
     until every destroyed session is judged (none ``pending`` or held by a

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import json
 import os
 import signal
@@ -169,8 +170,7 @@ def dataframe_type() -> str:
     """ How the census names ``pandas.DataFrame`` here: its module as the
     installed pandas spells it (``pandas`` from pandas 3, before that
     ``pandas.core.frame``) and its name. """
-    import pandas
-
+    pandas = importlib.import_module("pandas")  # (no type stubs needed)
     return f"{pandas.DataFrame.__module__}.DataFrame"
 
 

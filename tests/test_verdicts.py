@@ -8,7 +8,15 @@ import time
 import urllib.request
 from typing import Any
 
+import bokeh
+from packaging.version import Version
+
 from .conftest import api, open_and_close_sessions, script_app, wait_until
+
+#: Bokeh before 3.10: a stopped periodic callback's pending sleep
+#: (``_AsyncPeriodic.stop()`` only sets a flag) holds the Document until it
+#: is due.  From 3.10 ``stop()`` cancels its task, and the sleep with it.
+STOP_KEEPS_SLEEP = Version(bokeh.__version__) < Version("3.10")
 
 NOT_JUDGED = ("pending", "held_by_timers")
 
@@ -91,10 +99,13 @@ def test_input4_timer_held_document_is_freed_when_the_timer_is_due(serve) -> Non
     open_and_close_sessions(server.url + "/app", 3)
     destroyed_at = time.time()
     wait_destroyed(server.url, 3)
-    held = wait_until(lambda: api(server.url, "orphans")["held_by_timers"], 20, 0.1, "held by the timer")
-    for row in held:
-        assert row["status"] == "held_until"
-        assert destroyed_at - 1 < row["held_until"] <= row["destroyed_at"] + 10.5, row
+    if STOP_KEEPS_SLEEP:
+        held = wait_until(lambda: api(server.url, "orphans")["held_by_timers"], 20, 0.1, "held by the timer")
+        for row in held:
+            assert row["status"] == "held_until"
+            assert destroyed_at - 1 < row["held_until"] <= row["destroyed_at"] + 10.5, row
+    # (From Bokeh 3.10 stop() cancels the sleep: nothing is held, the
+    # sessions are judged at once; the verdict is the same.)
     assert api(server.url, "summary")["orphans"] == 0
     orphans = wait_until(lambda: judged(server.url), 40, 0.2, "the timers due and the sessions judged")
     assert orphans["orphans"] == [] and orphans["retained_models"] == []

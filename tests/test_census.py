@@ -20,7 +20,7 @@ from bokeh_memwatch.core import MemWatch
 from bokeh_memwatch.heapwork import HeapWorker
 
 from .conftest import api, dataframe_type, free_port, http, open_and_close_sessions, script_app, wait_until
-from .test_panel_plugin import ENV, open_pages, panel_argv
+from .test_panel_plugin import ENV, needs_plugins, open_pages, panel_argv
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the census needs os.fork")
 
@@ -155,6 +155,7 @@ def test_advice_only_from_application_types() -> None:
 ENV_CENSUS = {**ENV, "BOKEH_MEMWATCH_CENSUS_MIN_INTERVAL_S": "0", "BOKEH_MEMWATCH_CENSUS_INTERVAL_S": "0"}
 
 
+@needs_plugins  # (the census itself runs on every version in the tests above)
 def test_live_server_census_api_metrics_advice_dashboard(run_command) -> None:
     port = free_port()
     server = run_command(panel_argv(port, "panel_leak_prefs"), port, env=ENV_CENSUS)

@@ -14,7 +14,8 @@ PANEL_VERSION = tuple(int(p) for p in importlib.metadata.version("panel").split(
 
 # Panel 1.4 and 1.5 serve Panel apps under bokeh-memwatch serve and check
 # --panel (tested there); only this way in needs 1.6's --plugins.
-pytestmark = pytest.mark.skipif(PANEL_VERSION < (1, 6), reason="panel serve --plugins arrived in Panel 1.6")
+needs_plugins = pytest.mark.skipif(PANEL_VERSION < (1, 6), reason="panel serve --plugins arrived in Panel 1.6")
+pytestmark = needs_plugins
 ENV = {
     "BOKEH_MEMWATCH_INTERVAL_MS": "200",
     "BOKEH_MEMWATCH_ORPHAN_GRACE_MS": "0",

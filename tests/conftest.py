@@ -78,10 +78,13 @@ def free_port() -> int:
 
 def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None,
          timeout_s: float = 60.0) -> tuple[int, dict[str, str], Any]:
-    """ A real HTTP request; returns (status, headers, decoded JSON or text). """
-    data = None if body is None else json.dumps(body).encode()
+    """ A real HTTP request; returns (status, headers, decoded JSON or text).
+    ``body``: JSON-encoded (with its Content-Type), or ``bytes`` sent as
+    they are with only the given ``headers``. """
+    raw_body = isinstance(body, bytes)
+    data = body if raw_body else None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
-    if data is not None:
+    if data is not None and not raw_body:
         request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:

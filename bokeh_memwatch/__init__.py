@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .core import MemWatch, MemwatchOptions, options_from_env
+from .monitor import MemWatch, MemwatchOptions, options_from_env
 from .server import memwatch_server
 
 __all__ = (

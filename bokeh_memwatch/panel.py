@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ._bokeh_internals import on_tornado_start
-from .core import MemWatch, options_from_env
+from .monitor import MemWatch, options_from_env
 
 if TYPE_CHECKING:
     from bokeh.server.tornado import BokehTornado

@@ -14,8 +14,8 @@ Model counts only when proven reachable from a root; one held by a timer
 counts only if still held once the timer was due.
 
 The fixture serves the app on a free loopback port in a background thread
-with memwatch mounted (:class:`bokeh_memwatch.testing.ServerThread`), runs
-:class:`bokeh_memwatch.leakcheck.LeakCheck` (rounds of sessions opened and
+with memwatch mounted (:class:`bokeh_memwatch.testing.server.ServerThread`), runs
+:class:`bokeh_memwatch.testing.leakcheck.LeakCheck` (rounds of sessions opened and
 closed over the websocket and as page loads, one after another and at
 once), stops the server and returns a :class:`LeakReport`.  A failing
 assertion's message has the counts, the reference chain to each holder and
@@ -59,7 +59,7 @@ class LeakReport:
         self.session_errors: dict[str, Any] = app.get("session_errors") or {}
 
     def text(self) -> str:
-        from .leakcheck import render_text
+        from .testing.leakcheck import render_text
 
         return render_text(self.data)
 
@@ -97,7 +97,7 @@ def _application(app: Any, *, argv: list[str] | None, panel: bool | None) -> tup
         return "/app", Application(FunctionHandler(app))
     path = os.fspath(app)
     if panel is None:
-        from .leakcheck import looks_like_panel
+        from .testing.leakcheck import looks_like_panel
 
         panel = looks_like_panel([path])
     build: Callable[..., Application]
@@ -134,9 +134,9 @@ def memwatch_leak_check() -> Iterator[Callable[..., LeakReport]]:
         max_chains: int = 3,
         **server_kwargs: Any,
     ) -> LeakReport:
-        from .core import MemWatch
-        from .leakcheck import CheckOptions, LeakCheck
-        from .testing import ServerThread
+        from .monitor import MemWatch
+        from .testing.leakcheck import CheckOptions, LeakCheck
+        from .testing.server import ServerThread
 
         options = CheckOptions(sessions=sessions, rounds=rounds, tolerance=tolerance,
                                session_args=dict(session_args or {}), max_chains=max_chains)

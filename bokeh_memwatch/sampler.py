@@ -4,7 +4,7 @@ server's IOLoop and appends one sample to the store per tick.
 Per-tick work is constant for the process collectors and grows with the
 number of sessions for the tracker; it never walks the heap.  The one heavy
 job it starts, verifying destroyed sessions (a reachability scan of a forked
-copy of the heap, see :mod:`bokeh_memwatch.reachability`), runs only when a
+copy of the heap, see :mod:`bokeh_memwatch.heap.reachability`), runs only when a
 destroyed session is unproven past its grace period or its holding timers
 are due, at most once per ``verify_min_interval_s``; the loop pays the
 fork.  A collector that
@@ -21,9 +21,9 @@ from typing import Any
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from .collectors import Collector
-from .store import SampleStore
-from .tracker import SessionLike, SessionTracker
+from .collect.process import Collector
+from .collect.tracker import SessionLike, SessionTracker
+from .store.ring import SampleStore
 
 log = logging.getLogger(__name__)
 

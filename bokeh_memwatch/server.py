@@ -6,12 +6,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ._bokeh_internals import http_server_of, server_scheme, tornado_app_of
-from .core import MemWatch
+from .monitor import MemWatch
 
 if TYPE_CHECKING:
     from bokeh.server.server import BaseServer, Server
 
-    from .core import Applications
+    from .monitor import Applications
 
 log = logging.getLogger(__name__)
 

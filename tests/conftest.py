@@ -29,10 +29,10 @@ from bokeh.application.handlers.script import ScriptHandler
 from threadpoolctl import threadpool_limits
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.testing import ServerThread, client_session
+from bokeh_memwatch.testing.server import ServerThread, client_session
 
 # The test servers fork heap workers, and the fork policy will not fork over
-# a multi-thread native pool (bokeh_memwatch.heapwork.fork_policy).  As the
+# a multi-thread native pool (bokeh_memwatch.heap.worker.fork_policy).  As the
 # policy advises: server subprocesses get a one-thread OpenBLAS pool, and
 # this process (numpy is loaded already, through the bokeh_memwatch pytest
 # plugin) uses one thread from here on.  The busy-BLAS case runs a server

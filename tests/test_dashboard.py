@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bokeh_memwatch.dashboard import downsample
+from bokeh_memwatch.ui.dashboard import downsample
 
 from .conftest import ROOT, api, http, open_and_close_sessions, script_app, wait_until
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.history_db import (
+from bokeh_memwatch.store.history_db import (
     DB_FILENAME,
     HistoryDB,
     default_history_dir,

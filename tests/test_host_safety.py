@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from bokeh_memwatch import MemWatch, snapshots
+from bokeh_memwatch import MemWatch
+from bokeh_memwatch.heap import snapshots
 from bokeh_memwatch.saferepr import class_name
 from tests.apps import host_probe
 

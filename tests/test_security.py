@@ -18,7 +18,7 @@ import pytest
 from bokeh.server.auth_provider import AuthModule
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.collectors import default_collectors
+from bokeh_memwatch.collect.process import default_collectors
 
 from .conftest import PYTHON, ROOT, api, free_port, http, open_and_close_sessions, script_app, wait_until
 
@@ -382,7 +382,7 @@ def test_host_check_on_an_ipv6_loopback_server(serve) -> None:
 
 def _every_get_url(base: str, sid: str) -> list[str]:
     """ Every GET endpoint of ``GET api/`` (and the dashboard page), ids filled in. """
-    from bokeh_memwatch.views import ENDPOINTS
+    from bokeh_memwatch.http.api import ENDPOINTS
 
     paths = {e["path"].split("?")[0].replace("<session_id>", sid).replace("<id>", "baseline")
              for e in ENDPOINTS if e["method"] == "GET"}

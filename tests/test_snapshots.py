@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.heapwork import HeapWorker
-from bokeh_memwatch.snapshots import REPORT_FORMAT, SnapshotManager, diff_summaries, format_report
-from bokeh_memwatch.testing import ServerThread
+from bokeh_memwatch.heap.snapshots import REPORT_FORMAT, SnapshotManager, diff_summaries, format_report
+from bokeh_memwatch.heap.worker import HeapWorker
+from bokeh_memwatch.testing.server import ServerThread
 
 from .conftest import PYTHON, api, http, open_and_close_sessions, script_app, wait_until
 

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from tornado.web import RequestHandler
 
-from .views import JSONHandler, Routes, check_same_origin, no_query_args
+from .api import JSONHandler, Routes, check_same_origin, no_query_args
 
 if TYPE_CHECKING:
-    from .core import MemWatch
+    from ..monitor import MemWatch
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ The search is a breadth-first walk backwards over ``gc.get_referrers``,
 modelled on objgraph's ``find_backref_chain`` with three differences:
 
 * it never calls ``gc.collect()``: the search may run in a forked child
-  (see :mod:`bokeh_memwatch.heapwork`), where finalizers of garbage could
+  (see :mod:`bokeh_memwatch.heap.worker`), where finalizers of garbage could
   write to sockets shared with the parent;
 * it knows more roots than "proper modules": threads, tornado
   ``PeriodicCallback`` and asyncio handles, and the locals of frames that
@@ -32,9 +32,9 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _frames
+from ..saferepr import class_dict, is_a, safe_repr, type_mro, type_name
+from . import frames as _frames
 from .referents import get_referents
-from .saferepr import class_dict, is_a, safe_repr, type_mro, type_name
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def capture_roots(*, include_current_thread: bool = False) -> Roots:
             Frames of memwatch's own threads (named ``memwatch-...``) are
             never recorded, for the same reason.
 
-    The locals are read in place by :func:`bokeh_memwatch._frames.local_ids`
+    The locals are read in place by :func:`bokeh_memwatch.heap.frames.local_ids`
     (never through ``frame.f_locals`` of a function frame before 3.13, which
     would rewrite the dict a function got from ``locals()``): nothing in the
     inspected threads changes, and no snapshot of their locals is kept.

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.web import HTTPError
 
-from .census import CensusManager, CensusUnavailable
-from .heapwork import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
-from .views import JSONHandler, json_body, no_query_args
+from ..heap.census import CensusManager, CensusUnavailable
+from ..heap.worker import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
+from .api import JSONHandler, json_body, no_query_args
 
 if TYPE_CHECKING:
-    from .core import MemWatch
+    from ..monitor import MemWatch
 
 log = logging.getLogger(__name__)
 

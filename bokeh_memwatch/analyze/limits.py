@@ -10,7 +10,7 @@ summary (those stay one request away, ``api/report``).  It holds the
 summary (with every worker), live sessions, orphans and retained Models, and,
 when tracemalloc is tracing, a snapshot file (``tracemalloc.Snapshot.load``)
 and its top allocators; the snapshot is taken by the
-:class:`~bokeh_memwatch.snapshots.SnapshotManager` in its forked child, which
+:class:`~bokeh_memwatch.heap.snapshots.SnapshotManager` in its forked child, which
 only copies tracemalloc's own tables.
 
 Files: ``memwatch-limit-<pid>-<UTC time>.json`` (and ``.tracemalloc``) in the
@@ -32,10 +32,10 @@ import tracemalloc
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .saferepr import error_section, json_default
+from ..saferepr import error_section, json_default
 
 if TYPE_CHECKING:
-    from .core import MemWatch
+    from ..monitor import MemWatch
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """ Beyond one process: the history database, every worker, the memory limit.
 
-A :class:`Cluster` hangs off a started :class:`~bokeh_memwatch.core.MemWatch`
+A :class:`Cluster` hangs off a started :class:`~bokeh_memwatch.monitor.MemWatch`
 (one per process, made in ``MemWatch.start()``, after any ``--num-procs``
 fork).  It is the sampler's listener: at every tick it queues the sample for
 the shared SQLite history (:mod:`.history_db`) and checks RSS against the
@@ -27,14 +27,14 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .cgroup import CgroupMemoryCollector
-from .history_db import HistoryDB, default_history_dir, resolve_history_dir
-from .limits import LimitGuard, fraction_of, write_limit_report
-from .registry import pid_alive
-from .store import APP_FIELDS, PROCESS_FIELDS
+from ..analyze.limits import LimitGuard, fraction_of, write_limit_report
+from ..collect.cgroup import CgroupMemoryCollector
+from ..store.history_db import HistoryDB, default_history_dir, resolve_history_dir
+from ..store.registry import pid_alive
+from ..store.ring import APP_FIELDS, PROCESS_FIELDS
 
 if TYPE_CHECKING:
-    from .core import MemWatch
+    from ..monitor import MemWatch
 
 log = logging.getLogger(__name__)
 

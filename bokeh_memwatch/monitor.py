@@ -31,16 +31,16 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 
-from . import chains
-from .census import CensusManager
-from .cluster import WORKER_FIELDS, Cluster, server_key
-from .collectors import Collector, ProcessCollector, default_collectors
-from .heapwork import FORK_MODES, HeapWorkBusy, HeapWorker
-from .instrument import MemwatchAppHandler
+from .cluster.cluster import WORKER_FIELDS, Cluster, server_key
+from .collect.app_handler import MemwatchAppHandler
+from .collect.process import Collector, ProcessCollector, default_collectors
+from .collect.tracker import VERIFIED_BY_COLLECTIONS, VERIFIED_BY_SCAN, SessionTracker, source_bytes, verification_job
+from .heap import chains
+from .heap.census import CensusManager
+from .heap.snapshots import SnapshotManager
+from .heap.worker import FORK_MODES, HeapWorkBusy, HeapWorker
 from .sampler import Sampler
-from .snapshots import SnapshotManager
-from .store import SampleStore
-from .tracker import VERIFIED_BY_COLLECTIONS, VERIFIED_BY_SCAN, SessionTracker, source_bytes, verification_job
+from .store.ring import SampleStore
 
 if TYPE_CHECKING:
     from bokeh.application.application import ServerContext
@@ -52,9 +52,9 @@ if TYPE_CHECKING:
     from tornado.httpserver import HTTPServer
     from tornado.ioloop import IOLoop
 
-    from .forwarding import Forwarder, PrivateListener
-    from .recycle import Recycler
-    from .registry import WorkerRegistry
+    from .cluster.recycle import Recycler
+    from .http.forwarding import Forwarder, PrivateListener
+    from .store.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class MemwatchOptions:
             metrics only.
         show_values: add short reprs of objects to "why alive" chains.
         heap_fork: how heap jobs run when a loaded native thread pool makes
-            ``fork`` unsafe (:func:`bokeh_memwatch.heapwork.fork_policy`):
+            ``fork`` unsafe (:func:`bokeh_memwatch.heap.worker.fork_policy`):
             ``"auto"`` in a thread, ``"refuse"`` not at all (409 with the
             reason), ``"force"`` forked anyway, ``"never"`` always a thread.
     """
@@ -168,7 +168,7 @@ class MemwatchOptions:
     forward: bool = True
 
     def __post_init__(self) -> None:
-        from .recycle import parse_recycle_at
+        from .cluster.recycle import parse_recycle_at
 
         parse_recycle_at(self.recycle_at)  # raises ValueError
         if self.recycle_samples < 1:
@@ -289,13 +289,13 @@ class MemWatch:
         prepends the server's ``--prefix`` to each.  A server they are
         mounted on logs the dashboard's URL when it starts. """
         from ._bokeh_internals import on_server_start
-        from .probes import probe_routes
+        from .http.api import routes
+        from .http.probes import probe_routes
         from .server import announce_dashboard
-        from .views import routes
 
         on_server_start(announce_dashboard)
         if not self.options.http:
-            from .metrics import metrics_routes
+            from .http.metrics import metrics_routes
 
             return [*probe_routes(self), *metrics_routes(self)]
         return [*probe_routes(self), *routes(self)]
@@ -378,7 +378,7 @@ class MemWatch:
         collectors = [*collectors, self.cluster.cgroup]
         self._process = next((c for c in collectors if isinstance(c, ProcessCollector)), None) or ProcessCollector()
         self.store = SampleStore(self.options.capacity)
-        from .workers import make_recycler, start_worker_services
+        from .cluster.workers import make_recycler, start_worker_services
 
         self.recycler = make_recycler(self)
         self.sampler = Sampler(
@@ -419,7 +419,7 @@ class MemWatch:
                 io_loop.add_callback(self.census.start)
 
     def stop(self) -> None:
-        from .workers import stop_worker_services
+        from .cluster.workers import stop_worker_services
 
         stop_worker_services(self)
         if self.census is not None:
@@ -544,7 +544,7 @@ class MemWatch:
 
     def orphans(self) -> dict[str, list[dict[str, Any]]]:
         """ Destroyed sessions still holding something, by state (see
-        :data:`bokeh_memwatch.tracker.STATES`): ``orphans`` and
+        :data:`bokeh_memwatch.collect.tracker.STATES`): ``orphans`` and
         ``retained_models`` are proven leaks; ``held_by_timers``,
         ``awaiting_collection`` and ``pending`` are not (yet). """
         rows = self.tracker.destroyed_holding(budget_s=ON_DEMAND_BUDGET_S)
@@ -572,7 +572,7 @@ class MemWatch:
     async def verify_destroyed(self, *, include_proven: bool = True) -> dict[str, Any]:
         """ Verify the destroyed sessions due for it (and re-evaluate proven
         ones): a reachability scan in a forked heap worker child (see
-        :mod:`bokeh_memwatch.reachability`); the loop pays the fork.
+        :mod:`bokeh_memwatch.heap.reachability`); the loop pays the fork.
 
         Returns the verification state.  Without a fork (or when the heap
         worker cannot fork) verdicts fall back to the collector's schedule
@@ -653,7 +653,7 @@ class MemWatch:
     def advice(self, *, rounds: Mapping[str, Any] | None = None, history_limit: int = 720) -> list[dict[str, Any]]:
         """ The article's checklist applied to live data (see :mod:`.advice`);
         ``rounds`` is what ``bokeh-memwatch check`` measured, per app. """
-        from .advice import advise, census_advice
+        from .analyze.advice import advise, census_advice
 
         summary = self.summary()
         orphans = self.orphans()

@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
-from .saferepr import describe_exception
+from ..saferepr import describe_exception
 
 log = logging.getLogger(__name__)
 

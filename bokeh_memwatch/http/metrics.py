@@ -1,7 +1,7 @@
 """ Prometheus metrics at ``{prefix}/memwatch/metrics``.
 
 A custom ``prometheus_client`` collector, registered on a private
-``CollectorRegistry`` per :class:`~bokeh_memwatch.core.MemWatch` (never the
+``CollectorRegistry`` per :class:`~bokeh_memwatch.monitor.MemWatch` (never the
 global one: an embedding application's own metrics stay its own), rendered
 by ``generate_latest`` in the text format.  A scrape reads the latest sample
 of each worker (this one from memory, the others from the history database)
@@ -27,12 +27,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from . import __version__
+from .. import __version__
+from .api import JSONHandler, Routes, no_query_args
 from .probes import RECYCLE_METRICS, recycle_metrics
-from .views import JSONHandler, Routes, no_query_args
 
 if TYPE_CHECKING:
-    from .core import MemWatch
+    from ..monitor import MemWatch
 
 log = logging.getLogger(__name__)
 

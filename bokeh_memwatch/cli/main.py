@@ -20,9 +20,9 @@ from bokeh.command.subcommand import Argument
 from bokeh.command.subcommands.serve import Serve
 from bokeh.command.util import die
 
-from . import __version__
-from .core import MemWatch, MemwatchOptions, options_from_env
-from .snapshot_command import MemwatchDiff, MemwatchReport
+from .. import __version__
+from ..monitor import MemWatch, MemwatchOptions, options_from_env
+from .snapshot import MemwatchDiff, MemwatchReport
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class MemwatchServe(Serve):
         return kwargs
 
     def customize_server(self, server: Any) -> Any:
-        from ._bokeh_internals import http_server_of, tornado_app_of
+        from .._bokeh_internals import http_server_of, tornado_app_of
 
         server = super().customize_server(server)
         assert self.memwatch is not None
@@ -223,7 +223,7 @@ class MemwatchServe(Serve):
 
 
 # check_command subclasses MemwatchServe, so it is imported once that exists.
-from .check_command import MemwatchCheck  # noqa: E402
+from .check import MemwatchCheck  # noqa: E402
 
 SUBCOMMANDS = (MemwatchServe, MemwatchDiff, MemwatchReport, MemwatchCheck)
 

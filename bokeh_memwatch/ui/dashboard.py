@@ -53,13 +53,13 @@ from bokeh.resources import Resources
 from bokeh.server.views.static_handler import StaticHandler
 from bokeh.settings import settings
 
-from .views import JSONHandler, float_arg, int_arg, no_query_args
+from ..http.api import JSONHandler, float_arg, int_arg, no_query_args
 
 if TYPE_CHECKING:
     from bokeh.models import LayoutDOM
 
-    from .core import MemWatch
-    from .views import Routes
+    from ..http.api import Routes
+    from ..monitor import MemWatch
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 :class:`LeakCheck` drives a running Bokeh server that has memwatch mounted
 (``bokeh-memwatch check`` runs one in-process; the pytest fixture uses
-:class:`bokeh_memwatch.testing.ServerThread`).  For each application it runs
+:class:`bokeh_memwatch.testing.server.ServerThread`).  For each application it runs
 rounds of N sessions, the way browser tabs come and go:
 
 * some opened one after another, some all at once (then all closed);
@@ -44,16 +44,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .advice import census_advice, format_bytes, grows
-from .census import CensusManager
-from .collectors import ProcessCollector
-from .tracker import TIMER_MARGIN_S
+from ..analyze.advice import census_advice, format_bytes, grows
+from ..collect.process import ProcessCollector
+from ..collect.tracker import TIMER_MARGIN_S
+from ..heap.census import CensusManager
 
 if TYPE_CHECKING:
     from bokeh.application import Application
     from tornado.ioloop import IOLoop
 
-    from .core import MemWatch
+    from ..monitor import MemWatch
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class LeakCheck:
 
     def call(self, fn: Callable[[], T], timeout_s: float = 60.0) -> T:
         """ Run ``fn`` on the server's loop; return its result. """
-        from .testing import call_on_loop
+        from .server import call_on_loop
 
         return call_on_loop(self.io_loop, fn, timeout_s)
 
@@ -451,7 +451,7 @@ class LeakCheck:
             TimeoutError: not opened within :meth:`session_timeout_s`.
             Exception: what ``pull_session`` raised.
         """
-        from .testing import client_session
+        from .server import client_session
 
         timeout_s = self.session_timeout_s()
         opened: Future[None] = Future()
@@ -665,7 +665,7 @@ class LeakCheck:
     def census_report(self, census: CensusManager, errors: Sequence[str]) -> dict[str, Any]:
         """ ``{"ran": censuses taken, "rounds_compared", "growing": rows,
         "errors"}``: types growing with closed sessions between the first
-        and the last round (see :func:`bokeh_memwatch.census.growing_types`). """
+        and the last round (see :func:`bokeh_memwatch.heap.census.growing_types`). """
         return {
             "ran": len(census.points),
             "complete": len(census.points) == self.options.rounds,

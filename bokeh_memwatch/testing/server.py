@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bokeh.application import Application
 from tornado.ioloop import IOLoop
 
-from .core import MemWatch
-from .server import memwatch_server
+from ..monitor import MemWatch
+from ..server import memwatch_server
 
 if TYPE_CHECKING:
     from bokeh.client.session import ClientSession

@@ -24,7 +24,7 @@ code of the application: it only reads reference counts, calls
 (3.12+) have huge reference counts, so they are roots, as in CPython.
 
 The answer is exact only on a frozen heap: run it in a forked child (see
-:mod:`bokeh_memwatch.heapwork`), where one thread runs and nothing else
+:mod:`bokeh_memwatch.heap.worker`), where one thread runs and nothing else
 changes a reference count.  In a thread of the live process other threads
 change counts under it; :func:`scan_heap` refuses that unless told
 ``frozen=False`` knowingly (tests).

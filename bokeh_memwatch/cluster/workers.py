@@ -12,12 +12,12 @@ import os
 import sqlite3
 from typing import TYPE_CHECKING
 
-from .forwarding import Forwarder, PrivateListener
+from ..http.forwarding import Forwarder, PrivateListener
+from ..store.registry import WorkerRegistry
 from .recycle import Recycler, parse_recycle_at
-from .registry import WorkerRegistry
 
 if TYPE_CHECKING:
-    from .core import MemWatch
+    from ..monitor import MemWatch
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ accepts it first, yet orphans, snapshots, the baseline, tracemalloc and
 garbage collections belong to one worker.  So each worker also listens on a
 private loopback port (:class:`PrivateListener`, the same Bokeh application
 on ``127.0.0.1:<random port>``), registered in the shared history database
-(:class:`~bokeh_memwatch.registry.WorkerRegistry`), and the worker that
+(:class:`~bokeh_memwatch.store.registry.WorkerRegistry`), and the worker that
 received a request forwards it to the worker that owns the object:
 
 * **by id**: ``api/orphans/<session_id>/chain``, ``api/snapshots/<id>`` (and
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from tornado.httpserver import HTTPServer
     from tornado.web import Application, RequestHandler
 
-    from .core import MemWatch
-    from .registry import WorkerRegistry
+    from ..monitor import MemWatch
+    from ..store.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def is_forwarded(handler: RequestHandler, memwatch: MemWatch) -> bool:
     secret = handler.request.headers.get(FORWARD_HEADER)
     if not secret:
         return False
-    from .views import _is_loopback
+    from .api import _is_loopback
 
     if not _is_loopback(handler.request.remote_ip):
         return False

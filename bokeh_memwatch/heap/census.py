@@ -6,7 +6,7 @@ watchers, DataFrames and arrays.  The census finds them by growth:
 
 * :func:`census_job` runs in the forked heap worker child (never on the
   loop, never in the server process: it needs a frozen heap).  It scans the
-  heap with :func:`bokeh_memwatch.reachability.scan_heap`, which decides what
+  heap with :func:`bokeh_memwatch.heap.reachability.scan_heap`, which decides what
   a full collection would keep *without collecting* (no finalizer, no
   weakref callback, no application code runs), and counts the survivors by
   type, plus the untracked objects they refer to directly (numpy arrays,
@@ -17,7 +17,7 @@ watchers, DataFrames and arrays.  The census finds them by growth:
   A cache that one session fills once and every later session shares does
   not grow between censuses: bounded, not a leak;
 * for the largest growing types the job names the holder chain of one
-  instance (:func:`bokeh_memwatch.chains.find_chain`) and the bytes
+  instance (:func:`bokeh_memwatch.heap.chains.find_chain`) and the bytes
   reachable from it (pympler ``asizeof``, an upper bound: shared objects are
   included).
 
@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import chains, referents
-from .heapwork import ForkRefused, HeapWorkBusy, HeapWorker
+from .worker import ForkRefused, HeapWorkBusy, HeapWorker
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def census_job(
     """ Count what a full collection would keep, by type; explain growth.
 
     Runs in the heap worker's forked child only (raises
-    :class:`bokeh_memwatch.reachability.NotFrozen` elsewhere).
+    :class:`bokeh_memwatch.heap.reachability.NotFrozen` elsewhere).
 
     Args:
         previous: an earlier census ``{"closed", "counts"}`` to compare with

@@ -38,14 +38,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .limits import fraction_of, write_limit_report
+from ..analyze.limits import fraction_of, write_limit_report
 
 if TYPE_CHECKING:
     from tornado.httpserver import HTTPServer
     from tornado.ioloop import PeriodicCallback
 
-    from .core import MemWatch
-    from .registry import WorkerRegistry
+    from ..monitor import MemWatch
+    from ..store.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 

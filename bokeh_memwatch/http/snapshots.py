@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tornado.web import HTTPError
 
-from .heapwork import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
-from .snapshots import (
+from ..heap.snapshots import (
     GROUPS,
     MAX_TYPE_ROWS,
     BaselineMissing,
@@ -29,10 +28,11 @@ from .snapshots import (
     SnapshotTooLarge,
     UnknownSnapshot,
 )
-from .views import JSONHandler, int_arg, json_body, no_query_args
+from ..heap.worker import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
+from .api import JSONHandler, int_arg, json_body, no_query_args
 
 if TYPE_CHECKING:
-    from .core import MemWatch
+    from ..monitor import MemWatch
 
 log = logging.getLogger(__name__)
 

@@ -40,15 +40,15 @@ from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from bokeh.settings import settings as bokeh_settings
 from tornado.web import HTTPError, RequestHandler
 
-from .core import SessionAlive, SessionCollected, UnknownSession
-from .heapwork import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
-from .saferepr import merge_json_objects, render_json
+from ..heap.worker import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
+from ..monitor import SessionAlive, SessionCollected, UnknownSession
+from ..saferepr import merge_json_objects, render_json
 
 if TYPE_CHECKING:
     from tornado.httputil import HTTPServerRequest
     from tornado.web import Application
 
-    from .core import MemWatch, MemwatchOptions
+    from ..monitor import MemWatch, MemwatchOptions
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +426,7 @@ class IndexHandler(JSONHandler):
         no_query_args(self)
         prefix = self.application.prefix  # type: ignore[attr-defined]
         base = f"{prefix}/memwatch/"
-        from .census_views import ENDPOINTS as CENSUS_ENDPOINTS
+        from .census import ENDPOINTS as CENSUS_ENDPOINTS
 
         self.write_json({"endpoints": [{**e, "url": base + e["path"]} for e in [*ENDPOINTS, *CENSUS_ENDPOINTS]]})
 
@@ -520,7 +520,7 @@ class GcHandler(JSONHandler):
 
 
 class AdviceHandler(JSONHandler):
-    """ ``GET api/advice``: see :mod:`bokeh_memwatch.advice`. """
+    """ ``GET api/advice``: see :mod:`bokeh_memwatch.analyze.advice`. """
 
     def get(self) -> None:
         no_query_args(self)
@@ -542,11 +542,11 @@ def routes(memwatch: MemWatch) -> Routes:
 
     Feature modules contribute their own lists here, before the catch-all.
     """
-    from .census_views import census_routes
-    from .dashboard import dashboard_routes
+    from ..ui.dashboard import dashboard_routes
+    from .census import census_routes
     from .metrics import metrics_routes
     from .probes import recycle_routes
-    from .snapshot_views import snapshot_routes
+    from .snapshots import snapshot_routes
 
     return [*api_routes(memwatch), *recycle_routes(memwatch), *metrics_routes(memwatch), *snapshot_routes(memwatch),
             *dashboard_routes(memwatch), *census_routes(memwatch), *fallback_routes(memwatch)]

@@ -1,7 +1,7 @@
 """ Track every session's Document and Models through weak references.
 
 The tracker is told when Bokeh creates and destroys a session (through the
-application handler in :mod:`bokeh_memwatch.instrument`) and, at every
+application handler in :mod:`bokeh_memwatch.collect.app_handler`) and, at every
 sampler tick, which sessions the server holds.  From that it knows, without
 ever scanning the heap:
 
@@ -21,7 +21,7 @@ ever scanning the heap:
     the Document on cleanup, so a leak there keeps Models without it).
 
 The proof is a reachability scan of a forked copy of the heap
-(:mod:`bokeh_memwatch.reachability`, run by the sampler through the heap
+(:mod:`bokeh_memwatch.heap.reachability`, run by the sampler through the heap
 worker; :meth:`SessionTracker.verification_groups` and
 :meth:`SessionTracker.apply_verification`).  Where no fork is possible the
 tracker falls back to the collector's own schedule (alive past the grace
@@ -43,8 +43,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .collectors import full_collections
-from .reachability import verify_groups
+from ..heap.reachability import verify_groups
+from .process import full_collections
 
 if TYPE_CHECKING:
     from bokeh.document import Document

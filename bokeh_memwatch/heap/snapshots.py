@@ -4,12 +4,12 @@ baseline, snapshot files to download, and the JSON bug report.
 Everything heavy (``tracemalloc.take_snapshot``, ``Snapshot.dump``,
 ``Snapshot.statistics``, ``Snapshot.compare_to``, the type summary) runs in
 the heap worker: a forked child working on a copy-on-write image of
-the heap (see :mod:`bokeh_memwatch.heapwork`).  The child writes the snapshot
+the heap (see :mod:`bokeh_memwatch.heap.worker`).  The child writes the snapshot
 file itself and sends back only small plain data; the server process does
 constant-time work (a fork, a ``stat``, a rename, reading a small JSON
 answer), so its IOLoop keeps serving.  Where ``fork`` is missing, or the
 fork policy will not fork (a busy native thread pool could hang it; see
-:func:`bokeh_memwatch.heapwork.fork_policy`), the work runs in a thread
+:func:`bokeh_memwatch.heap.worker.fork_policy`), the work runs in a thread
 (``"technique": "thread"``), which holds the GIL for the C parts of
 tracemalloc and stalls the loop for that long.
 
@@ -44,10 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from . import chains as chain_search
-from .heapwork import HeapWorker, Rendered
-from .referents import get_referents
-from .saferepr import (
+from ..saferepr import (
     class_name,
     error_section,
     json_array,
@@ -56,6 +53,9 @@ from .saferepr import (
     render_json,
     safe_sizeof,
 )
+from . import chains as chain_search
+from .referents import get_referents
+from .worker import HeapWorker, Rendered
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ BASELINE_ID = "baseline"
 REPORT_FORMAT = "bokeh-memwatch-report"
 REPORT_VERSION = 1
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _SUFFIX = ".tracemalloc"
 
@@ -126,7 +126,7 @@ class SnapshotTooLarge(SnapshotError):
 
 
 class ReportSource(Protocol):
-    """ What :meth:`SnapshotManager.report` reads (a :class:`~bokeh_memwatch.core.MemWatch`). """
+    """ What :meth:`SnapshotManager.report` reads (a :class:`~bokeh_memwatch.monitor.MemWatch`). """
 
     def summary(self) -> dict[str, Any]: ...
 
@@ -145,7 +145,7 @@ class ReportSource(Protocol):
 class Answer:
     """ An API answer: ``data``, built by the server, then ``rendered``,
     members a heap worker already encoded, which the event loop sends on
-    without decoding (see :class:`~bokeh_memwatch.heapwork.Rendered`). """
+    without decoding (see :class:`~bokeh_memwatch.heap.worker.Rendered`). """
 
     data: dict[str, Any]
     rendered: bytes | None = None

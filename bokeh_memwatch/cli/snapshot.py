@@ -15,7 +15,7 @@ import logging
 from bokeh.command.subcommand import Argument, Subcommand
 from bokeh.command.util import die
 
-from .snapshots import GROUPS, format_allocators, format_report, top_growth
+from ..heap.snapshots import GROUPS, format_allocators, format_report, top_growth
 
 log = logging.getLogger(__name__)
 

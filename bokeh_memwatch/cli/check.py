@@ -1,12 +1,12 @@
 """ ``bokeh-memwatch check APP``: a leak test for any Bokeh or Panel app.
 
-Import it through :mod:`bokeh_memwatch.command` (which imports this module
+Import it through :mod:`bokeh_memwatch.cli.main` (which imports this module
 once ``MemwatchServe`` exists), never first on its own.
 
 It is ``bokeh-memwatch serve`` (so every ``bokeh serve`` option works:
 ``--args``, ``--prefix``, ``--check-unused-sessions``...) run in-process on a
 free loopback port, with a driver thread that opens and closes sessions of
-every app (:class:`bokeh_memwatch.leakcheck.LeakCheck`), then stops the
+every app (:class:`bokeh_memwatch.testing.leakcheck.LeakCheck`), then stops the
 server and reports.  Exit status: 0 nothing retained beyond the tolerance,
 1 something leaks, 2 usage or startup errors or an app that served no
 session.  Errors in some sessions are reported (count, first traceback)
@@ -30,9 +30,9 @@ from typing import Any, NoReturn
 from bokeh.command.subcommand import Argument
 from bokeh.command.util import die
 
-from .command import MemwatchServe
-from .core import MemwatchOptions
-from .leakcheck import CheckOptions, LeakCheck, looks_like_panel, parse_session_args, render_text
+from ..monitor import MemwatchOptions
+from ..testing.leakcheck import CheckOptions, LeakCheck, looks_like_panel, parse_session_args, render_text
+from .main import MemwatchServe
 
 log = logging.getLogger(__name__)
 

@@ -391,7 +391,7 @@ def measure_store(samples: int, apps: int) -> dict[str, Any]:
     """ A store sized for 24 h at the default interval, filled with
     ``samples`` samples of ``apps`` apps in this process: once under
     tracemalloc (memory), once without (times). """
-    from bokeh_memwatch.monitor import MemwatchOptions
+    from bokeh_memwatch.options import MemwatchOptions
     from bokeh_memwatch.store.ring import SampleStore
 
     capacity = MemwatchOptions().capacity

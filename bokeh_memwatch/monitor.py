@@ -25,7 +25,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from bokeh.application import Application
@@ -38,7 +38,8 @@ from .collect.tracker import VERIFIED_BY_COLLECTIONS, VERIFIED_BY_SCAN, SessionT
 from .heap import chains
 from .heap.census import CensusManager
 from .heap.snapshots import SnapshotManager
-from .heap.worker import FORK_MODES, HeapWorkBusy, HeapWorker
+from .heap.worker import HeapWorkBusy, HeapWorker
+from .options import MemwatchOptions
 from .sampler import Sampler
 from .store.ring import SampleStore
 
@@ -52,17 +53,18 @@ if TYPE_CHECKING:
     from tornado.httpserver import HTTPServer
     from tornado.ioloop import IOLoop
 
+    from .cluster.forwarding import Forwarder, PrivateListener
     from .cluster.recycle import Recycler
-    from .http.forwarding import Forwarder, PrivateListener
     from .store.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
 __all__ = (
-    "MemWatch",
-    "MemwatchOptions",
+    "Applications",
+    "Monitor",
+    "SessionAlive",
+    "SessionCollected",
     "UnknownSession",
-    "options_from_env",
 )
 
 
@@ -83,143 +85,9 @@ class UnknownSession(LookupError):
     """ No session with that id was ever seen (or it was forgotten). """
 
 
-@dataclass(frozen=True)
-class MemwatchOptions:
-    """ Settings of one MemWatch; every one is also a ``--memwatch-*`` option.
-
-    Attributes:
-        interval_ms: time between samples.
-        history_s: how much history the in-memory store keeps.
-        orphan_grace_ms: how long a destroyed session's Document and Models
-            may stay alive before they are verified (``pending`` until then).
-        verify_min_interval_s: least time between two verifications of
-            destroyed sessions (reachability scans in a forked child; they
-            run only while some destroyed session is unproven).
-        verify_timeout_s: longest one verification may run.
-        allow_remote: answer non-loopback clients when no Bokeh auth is set.
-        chain_timeout_s: longest a "why alive" search may run.
-        chain_max_depth: longest reference chain searched.
-        chain_cache_s: how long a chain answer is reused.
-        gc_min_interval_s: least time between two collections asked over HTTP.
-        tick_budget_ms: time a sample may spend on per-Model figures (bytes in
-            ColumnDataSources, Models alive after a destroy), refreshed
-            round-robin across sessions; counts of sessions, Documents,
-            Models and orphans are exact at every sample regardless.
-        max_destroyed: destroyed sessions still holding something remembered.
-        token: when set, every HTTP request must carry it (header
-            ``Authorization: Bearer``/``X-Memwatch-Token``, the cookie set by
-            a one-time ``?token=``); also lets remote clients in.
-        http: mount the HTTP side (API, dashboard); off keeps sampling and
-            metrics only.
-        show_values: add short reprs of objects to "why alive" chains.
-        heap_fork: how heap jobs run when a loaded native thread pool makes
-            ``fork`` unsafe (:func:`bokeh_memwatch.heap.worker.fork_policy`):
-            ``"auto"`` in a thread, ``"refuse"`` not at all (409 with the
-            reason), ``"force"`` forked anyway, ``"never"`` always a thread.
-    """
-
-    interval_ms: int = 5000
-    history_s: int = 24 * 3600
-    orphan_grace_ms: int = 5000
-    verify_min_interval_s: float = 5.0
-    verify_timeout_s: float = 120.0
-    allow_remote: bool = False
-    chain_timeout_s: float = 30.0
-    chain_max_depth: int = 25
-    chain_cache_s: float = 60.0
-    gc_min_interval_s: float = 10.0
-    max_destroyed: int = 10_000
-    tick_budget_ms: float = 0.5
-    token: str = field(default="", repr=False)
-    http: bool = True
-    show_values: bool = False
-    # Heap snapshots (snapshots.py): files kept, their total bytes, the least
-    # time between two pympler summaries, the longest one snapshot job may run.
-    max_snapshots: int = 5
-    max_snapshot_bytes: int = 512 * 1024 * 1024
-    types_min_interval_s: float = 30.0
-    snapshot_timeout_s: float = 300.0
-    # How heap jobs run when a native thread pool (OpenBLAS, OpenMP, MKL)
-    # makes fork unsafe (heapwork.fork_policy): "auto" (a thread instead),
-    # "refuse" (409), "force" (fork anyway), "never" (always a thread).
-    heap_fork: str = "auto"
-    # Beyond one process (cluster.py): the SQLite history ("" the per-user
-    # default directory, "none" off) and its size bound; the cgroup mount
-    # read for the memory limit; the fraction of it at which a report is
-    # written, and the least time between two such reports.
-    history_dir: str = ""
-    history_max_bytes: int = 64 * 1024 * 1024
-    cgroup_root: str = "/sys/fs/cgroup"
-    limit_fraction: float = 0.9
-    limit_min_interval_s: float = 600.0
-    # The census (census.py): live objects by type in the heap worker, every
-    # census_interval_s when sessions closed since the last one (0: on
-    # demand only), at most one per census_min_interval_s.
-    census_interval_s: float = 600.0
-    census_min_interval_s: float = 60.0
-    # Recycling (recycle.py): where ("" off, a fraction of the memory limit
-    # or a size such as "1.5GiB"), for how many samples in a row, the longest
-    # drain; the Kubernetes probes (probes.py); forwarding requests to the
-    # worker that owns their object (forwarding.py).
-    recycle_at: str = ""
-    recycle_samples: int = 3
-    drain_timeout_s: float = 600.0
-    probes: bool = True
-    forward: bool = True
-
-    def __post_init__(self) -> None:
-        from .cluster.recycle import parse_recycle_at
-
-        parse_recycle_at(self.recycle_at)  # raises ValueError
-        if self.recycle_samples < 1:
-            raise ValueError(f"recycle_samples must be >= 1, got {self.recycle_samples}")
-        if self.drain_timeout_s <= 0:
-            raise ValueError(f"drain_timeout_s must be > 0, got {self.drain_timeout_s}")
-        if self.history_max_bytes < 64 * 1024:
-            raise ValueError(f"history_max_bytes must be at least 65536, got {self.history_max_bytes}")
-        if not 0 <= self.limit_fraction <= 1:
-            raise ValueError(f"limit_fraction must be between 0 (off) and 1, got {self.limit_fraction}")
-        if self.limit_min_interval_s < 0:
-            raise ValueError(f"limit_min_interval_s must be >= 0, got {self.limit_min_interval_s}")
-        for name in ("max_snapshots", "max_snapshot_bytes", "snapshot_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.heap_fork not in FORK_MODES:
-            raise ValueError(f"heap_fork must be one of {', '.join(FORK_MODES)}, got {self.heap_fork!r}")
-        for name in ("census_interval_s", "census_min_interval_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.types_min_interval_s < 0:
-            raise ValueError(f"types_min_interval_s must be >= 0, got {self.types_min_interval_s}")
-        for name in ("interval_ms", "history_s", "chain_max_depth", "max_destroyed"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("orphan_grace_ms", "chain_cache_s", "gc_min_interval_s", "tick_budget_ms",
-                     "verify_min_interval_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.verify_timeout_s <= 0:
-            raise ValueError(f"verify_timeout_s must be > 0, got {self.verify_timeout_s}")
-        if self.chain_timeout_s <= 0:
-            raise ValueError(f"chain_timeout_s must be > 0, got {self.chain_timeout_s}")
-        if self.token and len(self.token) < 16:
-            raise ValueError(
-                "token must be at least 16 characters (python -c 'import secrets; print(secrets.token_urlsafe())')"
-            )
-
-    def public(self) -> dict[str, Any]:
-        """ The options as shown over HTTP: the token is never echoed. """
-        shown = asdict(self)
-        shown["token"] = "(set)" if self.token else ""
-        return shown
-
-    @property
-    def capacity(self) -> int:
-        return max(1, self.history_s * 1000 // self.interval_ms)
-
-
-class MemWatch:
-    """ Memory diagnostics for one Bokeh server process.
+class Monitor:
+    """ Memory diagnostics for one Bokeh server process: everything but the
+    HTTP routes (:class:`bokeh_memwatch.MemWatch` adds those).
 
     Args:
         options: settings; keyword arguments override single fields.
@@ -283,22 +151,6 @@ class MemWatch:
         self.forward_secret = secrets.token_urlsafe(32)
 
     # -- wiring -------------------------------------------------------------
-
-    def patterns(self) -> list[tuple[str, type, dict[str, Any]]]:
-        """ Tornado routes for ``Server(..., extra_patterns=...)``; Bokeh
-        prepends the server's ``--prefix`` to each.  A server they are
-        mounted on logs the dashboard's URL when it starts. """
-        from ._bokeh_internals import on_server_start
-        from .http.api import routes
-        from .http.probes import probe_routes
-        from .server import announce_dashboard
-
-        on_server_start(announce_dashboard)
-        if not self.options.http:
-            from .http.metrics import metrics_routes
-
-            return [*probe_routes(self), *metrics_routes(self)]
-        return [*probe_routes(self), *routes(self)]
 
     def instrument(self, applications: Applications) -> dict[str, Application]:
         """ Add memwatch's handler to every application; returns the
@@ -824,32 +676,3 @@ def versions() -> dict[str, str | None]:
         "tornado": tornado.version,
         "panel": getattr(panel, "__version__", None),
     }
-
-
-ENV_PREFIX = "BOKEH_MEMWATCH_"
-
-
-def options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """ Option overrides from ``BOKEH_MEMWATCH_<FIELD>`` environment variables
-    (``BOKEH_MEMWATCH_INTERVAL_MS=1000``, ``BOKEH_MEMWATCH_ALLOW_REMOTE=1``),
-    for ways in that take no command-line options (the Panel plugin). """
-    from dataclasses import fields
-
-    environ = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
-    for f in fields(MemwatchOptions):
-        raw = environ.get(ENV_PREFIX + f.name.upper())
-        if raw is None or raw == "":
-            continue
-        kind = type(getattr(MemwatchOptions(), f.name))
-        try:
-            if kind is bool:
-                lowered = raw.strip().lower()
-                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError(raw)
-                out[f.name] = lowered in ("1", "true", "yes", "on")
-            else:
-                out[f.name] = kind(raw)
-        except ValueError:
-            raise ValueError(f"{ENV_PREFIX}{f.name.upper()} must be a {kind.__name__}, got {raw!r}") from None
-    return out

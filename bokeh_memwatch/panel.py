@@ -12,7 +12,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ._bokeh_internals import on_tornado_start
-from .monitor import MemWatch, options_from_env
+from .memwatch import MemWatch
+from .options import options_from_env
 
 if TYPE_CHECKING:
     from bokeh.server.tornado import BokehTornado

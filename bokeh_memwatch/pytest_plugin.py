@@ -134,7 +134,7 @@ def memwatch_leak_check() -> Iterator[Callable[..., LeakReport]]:
         max_chains: int = 3,
         **server_kwargs: Any,
     ) -> LeakReport:
-        from .monitor import MemWatch
+        from .memwatch import MemWatch
         from .testing.leakcheck import CheckOptions, LeakCheck
         from .testing.server import ServerThread
 

@@ -382,7 +382,7 @@ def test_host_check_on_an_ipv6_loopback_server(serve) -> None:
 
 def _every_get_url(base: str, sid: str) -> list[str]:
     """ Every GET endpoint of ``GET api/`` (and the dashboard page), ids filled in. """
-    from bokeh_memwatch.http.api import ENDPOINTS
+    from bokeh_memwatch.routes import ENDPOINTS
 
     paths = {e["path"].split("?")[0].replace("<session_id>", sid).replace("<id>", "baseline")
              for e in ENDPOINTS if e["method"] == "GET"}

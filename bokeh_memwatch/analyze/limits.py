@@ -25,26 +25,45 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
 import tracemalloc
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..saferepr import error_section, json_default
 
 if TYPE_CHECKING:
-    from ..monitor import MemWatch
+    from ..heap.snapshots import SnapshotManager
 
 log = logging.getLogger(__name__)
 
 __all__ = (
     "LimitGuard",
+    "LimitReportSource",
+    "RecycleThreshold",
+    "parse_recycle_at",
+    "parse_size",
     "write_limit_report",
 )
 
 REPORT_PREFIX = "memwatch-limit-"
+
+
+class LimitReportSource(Protocol):
+    """ What :func:`write_limit_report` reads (a :class:`~bokeh_memwatch.monitor.Monitor`). """
+
+    @property
+    def snapshots(self) -> SnapshotManager | None: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+    def orphans(self) -> dict[str, list[dict[str, Any]]]: ...
+
+    def sessions(self, app: str | None = None) -> list[dict[str, Any]]: ...
 
 
 class LimitGuard:
@@ -100,7 +119,7 @@ def _stamp(now: float) -> str:
 
 
 async def write_limit_report(
-    memwatch: MemWatch, directory: str, *, rss_bytes: float, limit_bytes: float, fraction: float,
+    memwatch: LimitReportSource, directory: str, *, rss_bytes: float, limit_bytes: float, fraction: float,
     keep: int = 10, allocators_limit: int = 25, reason: str = "memory_limit", extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """ Write the light report (and a snapshot when tracing) to ``directory``;
@@ -188,3 +207,70 @@ def _keep_newest(directory: str, keep: int) -> list[str]:
                 os.unlink(path)
                 removed.append(path)
     return removed
+
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
+    "ti": 1024**4, "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """ ``"1.5GiB"``, ``"800Mi"``, ``"2G"``, ``"500MB"`` (SI and IEC units,
+    Kubernetes' spellings too) to bytes.  Raises ``ValueError``. """
+    match = _SIZE.match(text)
+    if match is None or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (examples: 1.5GiB, 800Mi, 2G, 500MB)")
+    value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if value < 1:
+        raise ValueError(f"size must be at least one byte, got {text!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class RecycleThreshold:
+    """ Where recycling starts: a fraction of the memory limit, or bytes. """
+
+    text: str
+    fraction: float | None = None
+    rss_bytes: int | None = None
+
+    def bytes_for(self, limit_bytes: float | None) -> float | None:
+        """ The threshold in bytes, given the memory limit (None: unknown). """
+        if self.rss_bytes is not None:
+            return float(self.rss_bytes)
+        if self.fraction is None or not limit_bytes:
+            return None
+        return self.fraction * limit_bytes
+
+    def describe(self) -> str:
+        if self.rss_bytes is not None:
+            return f"an RSS of {self.text}"
+        return f"{self.fraction:.0%} of the memory limit"
+
+
+def parse_recycle_at(text: str | None) -> RecycleThreshold | None:
+    """ ``--memwatch-recycle-at``: ``""``/``"off"``/``"0"``: off; a number
+    in (0, 1] or a percentage (``"85%"``): a fraction of the memory limit;
+    a size with a unit (``"1.5GiB"``): RSS bytes.  Raises ``ValueError``. """
+    raw = (text or "").strip()
+    if raw.lower() in ("", "off", "0", "none"):
+        return None
+    try:
+        if raw.endswith("%"):
+            fraction = float(raw[:-1]) / 100
+        elif re.fullmatch(r"\d*\.?\d+", raw):
+            fraction = float(raw)
+        else:
+            return RecycleThreshold(raw, rss_bytes=parse_size(raw))
+    except ValueError as e:
+        raise ValueError(f"--memwatch-recycle-at: {e}") from None
+    if not 0 < fraction <= 1:
+        raise ValueError(
+            f"--memwatch-recycle-at: {raw!r} is neither a fraction of the memory limit in (0, 1] "
+            "nor a size with a unit (1.5GiB, 800Mi)"
+        )
+    return RecycleThreshold(raw, fraction=fraction)

@@ -1,8 +1,5 @@
 """ ``bokeh-memwatch check APP``: a leak test for any Bokeh or Panel app.
 
-Import it through :mod:`bokeh_memwatch.cli.main` (which imports this module
-once ``MemwatchServe`` exists), never first on its own.
-
 It is ``bokeh-memwatch serve`` (so every ``bokeh serve`` option works:
 ``--args``, ``--prefix``, ``--check-unused-sessions``...) run in-process on a
 free loopback port, with a driver thread that opens and closes sessions of
@@ -30,9 +27,9 @@ from typing import Any, NoReturn
 from bokeh.command.subcommand import Argument
 from bokeh.command.util import die
 
-from ..monitor import MemwatchOptions
+from ..options import MemwatchOptions, flag_given
 from ..testing.leakcheck import CheckOptions, LeakCheck, looks_like_panel, parse_session_args, render_text
-from .main import MemwatchServe
+from .serve import MemwatchServe
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +116,11 @@ class MemwatchCheck(MemwatchServe):
         base = super().options(args)
         # The check takes its own census after every round.
         changes: dict[str, Any] = {"gc_min_interval_s": 0.0, "census_interval_s": 0.0}
-        if getattr(args, "memwatch_orphan_grace", None) is None:
+        if not flag_given(args, "orphan_grace_ms"):
             changes["orphan_grace_ms"] = 0
-        if getattr(args, "memwatch_interval", None) is None:
+        if not flag_given(args, "interval_ms"):
             changes["interval_ms"] = 500
-        if getattr(args, "memwatch_history_dir", None) is None:
+        if not flag_given(args, "history_dir"):
             changes["history_dir"] = "none"  # a leak test keeps no history across runs
         return dataclasses.replace(base, **changes)
 
@@ -151,7 +148,7 @@ class MemwatchCheck(MemwatchServe):
             raise ValueError("check runs in one process: drop --num-procs")
         if args.dev is not None or args.show:
             raise ValueError("check does not take --dev or --show")
-        if getattr(args, "memwatch_no_http", False):
+        if getattr(args, "memwatch_http", None) is False:
             raise ValueError("check needs memwatch's HTTP side: drop --memwatch-no-http")
         self._check = CheckOptions(
             sessions=args.sessions, rounds=args.rounds, tolerance=args.tolerance,

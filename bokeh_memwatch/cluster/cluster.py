@@ -1,7 +1,7 @@
 """ Beyond one process: the history database, every worker, the memory limit.
 
-A :class:`Cluster` hangs off a started :class:`~bokeh_memwatch.monitor.MemWatch`
-(one per process, made in ``MemWatch.start()``, after any ``--num-procs``
+A :class:`Cluster` hangs off a started :class:`~bokeh_memwatch.monitor.Monitor`
+(one per process, made in ``Monitor.start()``, after any ``--num-procs``
 fork).  It is the sampler's listener: at every tick it queues the sample for
 the shared SQLite history (:mod:`.history_db`) and checks RSS against the
 container's memory limit (:mod:`.cgroup`, :mod:`.limits`).  It answers three
@@ -25,16 +25,16 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..analyze.limits import LimitGuard, fraction_of, write_limit_report
+from ..analyze.limits import LimitGuard, LimitReportSource, fraction_of, write_limit_report
 from ..collect.cgroup import CgroupMemoryCollector
 from ..store.history_db import HistoryDB, default_history_dir, resolve_history_dir
 from ..store.registry import pid_alive
 from ..store.ring import APP_FIELDS, PROCESS_FIELDS
 
 if TYPE_CHECKING:
-    from ..monitor import MemWatch
+    from ..options import MemwatchOptions
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +63,22 @@ def server_key(port: int | None, prefix: str, app_paths: Iterable[str]) -> str:
 
 
 
+class ClusterHost(LimitReportSource, Protocol):
+    """ What a :class:`Cluster` reads of the :class:`~bokeh_memwatch.monitor.Monitor` it hangs off. """
+
+    @property
+    def options(self) -> MemwatchOptions: ...
+
+
 class Cluster:
     """ Per process: history database, workers, memory limit.
 
     Args:
-        memwatch: the started MemWatch (its options, store and snapshots).
+        memwatch: the started Monitor (its options, reports and snapshots).
         key: the server's key (see :func:`server_key`).
     """
 
-    def __init__(self, memwatch: MemWatch, *, key: str) -> None:
+    def __init__(self, memwatch: ClusterHost, *, key: str) -> None:
         options = memwatch.options
         self.memwatch = memwatch
         self.key = key

@@ -29,104 +29,33 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..analyze.limits import fraction_of, write_limit_report
+from ..analyze.limits import LimitReportSource, RecycleThreshold, fraction_of, write_limit_report
 
 if TYPE_CHECKING:
     from tornado.httpserver import HTTPServer
     from tornado.ioloop import PeriodicCallback
 
-    from ..monitor import MemWatch
+    from ..options import MemwatchOptions
     from ..store.registry import WorkerRegistry
+    from .cluster import Cluster
 
 log = logging.getLogger(__name__)
 
 __all__ = (
     "RECYCLE_EXIT_STATUS",
-    "RecycleThreshold",
     "Recycler",
     "detect_supervisor",
-    "parse_recycle_at",
-    "parse_size",
 )
 
 #: The exit status of a recycled worker (``EX_TEMPFAIL``: "try again").
 RECYCLE_EXIT_STATUS = 75
-
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
-    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
-    "ti": 1024**4, "tib": 1024**4,
-}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
-
-
-def parse_size(text: str) -> int:
-    """ ``"1.5GiB"``, ``"800Mi"``, ``"2G"``, ``"500MB"`` (SI and IEC units,
-    Kubernetes' spellings too) to bytes.  Raises ``ValueError``. """
-    match = _SIZE.match(text)
-    if match is None or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {text!r} (examples: 1.5GiB, 800Mi, 2G, 500MB)")
-    value = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    if value < 1:
-        raise ValueError(f"size must be at least one byte, got {text!r}")
-    return int(value)
-
-
-@dataclass(frozen=True)
-class RecycleThreshold:
-    """ Where recycling starts: a fraction of the memory limit, or bytes. """
-
-    text: str
-    fraction: float | None = None
-    rss_bytes: int | None = None
-
-    def bytes_for(self, limit_bytes: float | None) -> float | None:
-        """ The threshold in bytes, given the memory limit (None: unknown). """
-        if self.rss_bytes is not None:
-            return float(self.rss_bytes)
-        if self.fraction is None or not limit_bytes:
-            return None
-        return self.fraction * limit_bytes
-
-    def describe(self) -> str:
-        if self.rss_bytes is not None:
-            return f"an RSS of {self.text}"
-        return f"{self.fraction:.0%} of the memory limit"
-
-
-def parse_recycle_at(text: str | None) -> RecycleThreshold | None:
-    """ ``--memwatch-recycle-at``: ``""``/``"off"``/``"0"``: off; a number
-    in (0, 1] or a percentage (``"85%"``): a fraction of the memory limit;
-    a size with a unit (``"1.5GiB"``): RSS bytes.  Raises ``ValueError``. """
-    raw = (text or "").strip()
-    if raw.lower() in ("", "off", "0", "none"):
-        return None
-    try:
-        if raw.endswith("%"):
-            fraction = float(raw[:-1]) / 100
-        elif re.fullmatch(r"\d*\.?\d+", raw):
-            fraction = float(raw)
-        else:
-            return RecycleThreshold(raw, rss_bytes=parse_size(raw))
-    except ValueError as e:
-        raise ValueError(f"--memwatch-recycle-at: {e}") from None
-    if not 0 < fraction <= 1:
-        raise ValueError(
-            f"--memwatch-recycle-at: {raw!r} is neither a fraction of the memory limit in (0, 1] "
-            "nor a size with a unit (1.5GiB, 800Mi)"
-        )
-    return RecycleThreshold(raw, fraction=fraction)
-
 
 def detect_supervisor(environ: Mapping[str, str] | None = None) -> str | None:
     """ What restarts this process when it exits non-zero, if anything we
@@ -162,11 +91,25 @@ def _default_exit(status: int) -> None:
     os._exit(status)
 
 
+class RecycleHost(LimitReportSource, Protocol):
+    """ What a :class:`Recycler` reads of (and stops in) the :class:`~bokeh_memwatch.monitor.Monitor`. """
+
+    @property
+    def options(self) -> MemwatchOptions: ...
+
+    @property
+    def cluster(self) -> Cluster | None: ...
+
+    def live_sessions(self) -> dict[str, list[Any]]: ...
+
+    def stop(self) -> None: ...
+
+
 class Recycler:
     """ One worker's recycling: threshold, drain, exit.
 
     Args:
-        memwatch: the started MemWatch (its cluster, sessions, options).
+        memwatch: the started Monitor (its cluster, sessions, options).
         threshold: where recycling starts.
         samples: consecutive samples at or above it needed to act.
         drain_timeout_s: longest drain; then the worker exits anyway.
@@ -175,7 +118,7 @@ class Recycler:
         exit: called with the exit status at the end (default: leave).
     """
 
-    def __init__(self, memwatch: MemWatch, threshold: RecycleThreshold, *, samples: int = 3,
+    def __init__(self, memwatch: RecycleHost, threshold: RecycleThreshold, *, samples: int = 3,
                  drain_timeout_s: float = 600.0, settle_s: float = 2.0, check_interval_s: float = 0.25,
                  exit: Callable[[int], None] = _default_exit) -> None:
         if samples < 1:

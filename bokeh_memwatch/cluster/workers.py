@@ -1,8 +1,8 @@
 """ Wiring of the per-worker services: the registry in the history
 database, the private forwarding port, the recycler.
 
-Called from :meth:`MemWatch.start` (after any fork, on the worker's IOLoop,
-once the history database is open) and :meth:`MemWatch.stop`.
+Called from :meth:`Monitor.start` (after any fork, on the worker's IOLoop,
+once the history database is open) and :meth:`Monitor.stop`.
 """
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ import contextlib
 import logging
 import os
 import sqlite3
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from ..http.forwarding import Forwarder, PrivateListener
+from ..analyze.limits import parse_recycle_at
 from ..store.registry import WorkerRegistry
-from .recycle import Recycler, parse_recycle_at
+from .forwarding import Forwarder, ForwardingHost, PrivateListener
+from .recycle import RecycleHost, Recycler
 
 if TYPE_CHECKING:
-    from ..monitor import MemWatch
+    from bokeh.server.tornado import BokehTornado
+    from tornado.httpserver import HTTPServer
+
+    from .cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,20 @@ __all__ = (
 )
 
 
-def make_recycler(memwatch: MemWatch) -> Recycler | None:
+class WorkerHost(ForwardingHost, RecycleHost, Protocol):
+    """ The :class:`~bokeh_memwatch.monitor.Monitor` whose per-worker services these are. """
+
+    registry: WorkerRegistry | None
+    private: PrivateListener | None
+    recycler: Recycler | None
+    http_server: HTTPServer | None
+    cluster: Cluster | None
+
+    @property
+    def tornado_app(self) -> BokehTornado | None: ...
+
+
+def make_recycler(memwatch: RecycleHost) -> Recycler | None:
     """ The recycler the options ask for, or None. """
     options = memwatch.options
     threshold = parse_recycle_at(options.recycle_at)
@@ -37,7 +54,7 @@ def make_recycler(memwatch: MemWatch) -> Recycler | None:
     return Recycler(memwatch, threshold, samples=options.recycle_samples, drain_timeout_s=options.drain_timeout_s)
 
 
-def start_worker_services(memwatch: MemWatch) -> None:
+def start_worker_services(memwatch: WorkerHost) -> None:
     """ Open the registry, start the private port and the forwarder, register
     this worker, start the recycler.  Failures log a warning and turn the
     one feature off. """
@@ -72,7 +89,7 @@ def start_worker_services(memwatch: MemWatch) -> None:
         memwatch.recycler.start(registry, memwatch.http_server)
 
 
-def stop_worker_services(memwatch: MemWatch) -> None:
+def stop_worker_services(memwatch: WorkerHost) -> None:
     if memwatch.recycler is not None:
         memwatch.recycler.stop()
     if memwatch.forwarder is not None:

@@ -126,7 +126,7 @@ class SnapshotTooLarge(SnapshotError):
 
 
 class ReportSource(Protocol):
-    """ What :meth:`SnapshotManager.report` reads (a :class:`~bokeh_memwatch.monitor.MemWatch`). """
+    """ What :meth:`SnapshotManager.report` reads (a :class:`~bokeh_memwatch.monitor.Monitor`). """
 
     def summary(self) -> dict[str, Any]: ...
 

@@ -26,12 +26,12 @@ tornado or memwatch logs it.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import math
 import os
 import re
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote_plus, urlsplit
 
@@ -40,6 +40,7 @@ from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from bokeh.settings import settings as bokeh_settings
 from tornado.web import HTTPError, RequestHandler
 
+from ..cluster.forwarding import is_loopback
 from ..heap.worker import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
 from ..monitor import SessionAlive, SessionCollected, UnknownSession
 from ..saferepr import merge_json_objects, render_json
@@ -48,12 +49,13 @@ if TYPE_CHECKING:
     from tornado.httputil import HTTPServerRequest
     from tornado.web import Application
 
-    from ..monitor import MemWatch, MemwatchOptions
+    from ..monitor import Monitor
+    from ..options import MemwatchOptions
 
 log = logging.getLogger(__name__)
 
 __all__ = (
-    "ENDPOINTS",
+    "IndexHandler",
     "JSONHandler",
     "float_arg",
     "int_arg",
@@ -61,7 +63,6 @@ __all__ = (
     "json_depth",
     "no_query_args",
     "redact_uri",
-    "routes",
 )
 
 MAX_BODY_BYTES = 64 * 1024
@@ -77,7 +78,7 @@ MAX_HISTORY_LIMIT = 1000
 class JSONHandler(AuthRequestHandler):
     """ Common ground: access control, JSON bodies and JSON errors. """
 
-    memwatch: MemWatch
+    memwatch: Monitor
 
     #: A link followed from another site may open this endpoint (cheap GETs
     #: only: the dashboard page, the index, the summary, the metrics).
@@ -92,7 +93,7 @@ class JSONHandler(AuthRequestHandler):
         request.query = redact_uri("?" + request.query, secret)[1:]
         super().__init__(application, request, **kwargs)
 
-    def initialize(self, memwatch: MemWatch) -> None:
+    def initialize(self, memwatch: Monitor) -> None:
         self.memwatch = memwatch
 
     def set_default_headers(self) -> None:
@@ -104,7 +105,7 @@ class JSONHandler(AuthRequestHandler):
     async def prepare(self) -> None:
         await super().prepare()  # type: ignore[no-untyped-call]
         self.memwatch.note_tornado_app(self.application)  # type: ignore[arg-type]
-        from .forwarding import forward_request, is_forwarded
+        from ..cluster.forwarding import forward_request, is_forwarded
 
         if not is_forwarded(self, self.memwatch):  # a worker of this server checked it already
             check_access(self, self.memwatch.options)
@@ -179,7 +180,7 @@ def check_access(handler: JSONHandler, options: MemwatchOptions) -> None:
             reason=f"this request came through a proxy ({', '.join(forwarded)}): memwatch answers only "
             "direct loopback clients when the server has no authentication (set --memwatch-token)",
         )
-    if not _is_loopback(handler.request.remote_ip):
+    if not is_loopback(handler.request.remote_ip):
         raise HTTPError(
             403,
             reason="memwatch answers only loopback clients when the server has no authentication "
@@ -224,13 +225,13 @@ def host_is_loopback(host: str) -> bool:
         name, bracket, rest = host[1:].partition("]")
         if not bracket or (rest and not (rest[:1] == ":" and _PORT.fullmatch(rest[1:]))):
             return False
-        return _is_loopback(name)
+        return is_loopback(name)
     if host.count(":") == 1:
         host, port = host.split(":")
         if not _PORT.fullmatch(port):
             return False
     name = host[:-1] if host.endswith(".") else host
-    return name == "localhost" or _is_loopback(name)
+    return name == "localhost" or is_loopback(name)
 
 
 def _is_navigation(request: HTTPServerRequest) -> bool:
@@ -279,18 +280,6 @@ def check_same_origin(handler: RequestHandler) -> None:
     host = handler.request.headers.get("Host", "")
     if urlsplit(origin).netloc.lower() != host.lower():
         raise HTTPError(403, reason="cross-origin request refused")
-
-
-def _is_loopback(address: str | None) -> bool:
-    if not address:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback  # ::ffff:127.0.0.1 from a dual-stack socket
-    return ip.is_loopback
 
 
 def int_arg(handler: JSONHandler, name: str, default: int, *, lo: int, hi: int) -> int:
@@ -366,69 +355,20 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-#: Every endpoint, for ``GET api/``; modules that add routes add their rows.
-ENDPOINTS: list[dict[str, str]] = [
-    {"method": "GET", "path": "api/", "purpose": "this list"},
-    {"method": "GET", "path": "api/summary",
-     "purpose": "pid, RSS, sessions, Documents, Models, orphans (proven) and the other states of destroyed "
-                "sessions, how verdicts are reached (verification), per-app counts, sampler and server settings"},
-    {"method": "GET", "path": "api/sessions?app=",
-     "purpose": "live sessions, heaviest first: id, app, connections, age, models, data_bytes"},
-    {"method": "GET", "path": "api/orphans",
-     "purpose": "destroyed sessions still holding something, by state: orphans and retained_models (proven "
-                "leaks), held_by_timers (with held_until), awaiting_collection (garbage), pending"},
-    {"method": "POST", "path": "api/orphans/<session_id>/chain",
-     "purpose": "why alive: search the reference chain from a root to the orphan (in a forked child)"},
-    {"method": "GET", "path": "api/orphans/<session_id>/chain",
-     "purpose": "the last chain searched for that orphan (404 until a POST ran one)"},
-    {"method": "GET", "path": "api/history?since=&limit=&pid=",
-     "purpose": "samples of every worker and earlier runs (memory + history database), oldest first, with pid"},
-    {"method": "GET", "path": "metrics",
-     "purpose": "Prometheus text format: RSS, sessions, Documents, Models, orphans per worker (pid) and app"},
-    {"method": "POST", "path": "api/gc", "purpose": "run one full garbage collection (rate-limited)"},
-    {"method": "GET", "path": "api/recycle",
-     "purpose": "recycling: this worker's state (threshold, drain), every worker's, the newest recycles"},
-    {"method": "GET", "path": "healthz", "purpose": "liveness probe: 200 ok (no credentials, reveals nothing)"},
-    {"method": "GET", "path": "readyz", "purpose": "readiness probe: 200 ok, 503 draining (no credentials)"},
-    {"method": "GET", "path": "api/advice",
-     "purpose": "the memory checklist applied to live data: [{id, severity, title, evidence, fix, article_section}]"},
-    # heap snapshots (snapshot_views.py)
-    {"method": "GET", "path": "api/tracemalloc", "purpose": "tracemalloc state: tracing, frames, traced bytes"},
-    {"method": "POST", "path": "api/tracemalloc",
-     "purpose": 'start or stop tracemalloc: {"action": "start"|"stop", "frames": N}'},
-    {"method": "POST", "path": "api/snapshots", "purpose": "take a tracemalloc snapshot (in a forked child); {id}"},
-    {"method": "GET", "path": "api/snapshots",
-     "purpose": "stored snapshots: id, created_at, size_bytes, traced_bytes, frames"},
-    {"method": "GET", "path": "api/snapshots/<id>/tracemalloc",
-     "purpose": "download a snapshot file for tracemalloc.Snapshot.load (id 'baseline': the baseline's)"},
-    {"method": "DELETE", "path": "api/snapshots/<id>", "purpose": "drop a stored snapshot"},
-    {"method": "GET", "path": "api/baseline", "purpose": "the baseline: when, and what it holds"},
-    {"method": "POST", "path": "api/baseline",
-     "purpose": "set the baseline: a tracemalloc snapshot and a pympler type summary"},
-    {"method": "GET",
-     "path": "api/allocators?group=lineno|filename|traceback&limit=&compare=baseline|<id>&snapshot=<id>",
-     "purpose": "top allocators (memwatch's own left out), or growth since the baseline"},
-    {"method": "GET", "path": "api/types?limit=&compare=baseline",
-     "purpose": "pympler type summary (rate-limited, age_s) and per-type growth since the baseline"},
-    {"method": "GET", "path": "api/report?chains=",
-     "purpose": "download a JSON report for a bug report: summary, sessions, orphans and chains, "
-                "allocators, types, settings, versions"},
-    # the dashboard at {prefix}/memwatch (dashboard.py)
-    {"method": "GET", "path": "api/dashboard/timeline?window_s=&since=&max_points=",
-     "purpose": "history as columns for the dashboard's plots, at most max_points points per window"},
-]
-
-
 class IndexHandler(JSONHandler):
+    """ ``GET api/``: every endpoint (the route table's, :data:`bokeh_memwatch.routes.ENDPOINTS`). """
+
     cross_site_navigation = True
+
+    def initialize(self, memwatch: Monitor, endpoints: Sequence[Mapping[str, str]] = ()) -> None:
+        super().initialize(memwatch)
+        self.endpoints = endpoints
 
     def get(self) -> None:
         no_query_args(self)
         prefix = self.application.prefix  # type: ignore[attr-defined]
         base = f"{prefix}/memwatch/"
-        from .census import ENDPOINTS as CENSUS_ENDPOINTS
-
-        self.write_json({"endpoints": [{**e, "url": base + e["path"]} for e in [*ENDPOINTS, *CENSUS_ENDPOINTS]]})
+        self.write_json({"endpoints": [{**e, "url": base + e["path"]} for e in self.endpoints]})
 
 
 class SummaryHandler(JSONHandler):
@@ -532,44 +472,3 @@ class NotFoundHandler(JSONHandler):
         raise HTTPError(404, reason=f"no memwatch endpoint {path[:80]!r}; see api/")
 
     post = get
-
-
-Routes = list[tuple[str, type, dict[str, Any]]]
-
-
-def routes(memwatch: MemWatch) -> Routes:
-    """ The routes, relative to the server's prefix (Bokeh prepends it).
-
-    Feature modules contribute their own lists here, before the catch-all.
-    """
-    from ..ui.dashboard import dashboard_routes
-    from .census import census_routes
-    from .metrics import metrics_routes
-    from .probes import recycle_routes
-    from .snapshots import snapshot_routes
-
-    return [*api_routes(memwatch), *recycle_routes(memwatch), *metrics_routes(memwatch), *snapshot_routes(memwatch),
-            *dashboard_routes(memwatch), *census_routes(memwatch), *fallback_routes(memwatch)]
-
-
-def api_routes(memwatch: MemWatch) -> Routes:
-    kw = {"memwatch": memwatch}
-    return [
-        (r"/memwatch/api/?", IndexHandler, kw),
-        (r"/memwatch/api/summary/?", SummaryHandler, kw),
-        (r"/memwatch/api/sessions/?", SessionsHandler, kw),
-        (r"/memwatch/api/orphans/?", OrphansHandler, kw),
-        (r"/memwatch/api/orphans/([^/]+)/chain/?", ChainHandler, kw),
-        (r"/memwatch/api/history/?", HistoryHandler, kw),
-        (r"/memwatch/api/gc/?", GcHandler, kw),
-        (r"/memwatch/api/advice/?", AdviceHandler, kw),
-    ]
-
-
-def fallback_routes(memwatch: MemWatch) -> Routes:
-    """ Last: JSON 404 for unknown API paths.  (The bare ``/memwatch`` is
-    the dashboard's page, see dashboard.py.) """
-    kw = {"memwatch": memwatch}
-    return [
-        (r"/memwatch/api/(.*)", NotFoundHandler, kw),
-    ]

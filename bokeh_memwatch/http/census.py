@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tornado.web import HTTPError
 
@@ -19,20 +19,11 @@ from ..heap.worker import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTime
 from .api import JSONHandler, json_body, no_query_args
 
 if TYPE_CHECKING:
-    from ..monitor import MemWatch
+    pass
 
 log = logging.getLogger(__name__)
 
-__all__ = ("ENDPOINTS", "census_routes")
-
-#: Entries for the API index (``api/``).
-ENDPOINTS = [
-    {"method": "GET", "path": "api/census",
-     "purpose": "types growing with closed sessions (census of live objects by type, kept censuses)"},
-    {"method": "POST", "path": "api/census",
-     "purpose": "take a census now in a forked child (rate-limited: census_min_interval_s)"},
-]
-
+__all__ = ("CensusHandler",)
 
 class CensusHandler(JSONHandler):
     """ ``GET``: the state; ``POST``: take a census, then the state. """
@@ -73,8 +64,3 @@ class CensusHandler(JSONHandler):
             log.warning("memwatch census failed: %s", e)
             raise HTTPError(503, reason="the census failed in its worker (logged on the server)") from None
         self.write_json(state)
-
-
-def census_routes(memwatch: MemWatch) -> list[tuple[str, type, dict[str, Any]]]:
-    kw = {"memwatch": memwatch}
-    return [(r"/memwatch/api/census/?", CensusHandler, kw)]

@@ -1,7 +1,7 @@
 """ Prometheus metrics at ``{prefix}/memwatch/metrics``.
 
 A custom ``prometheus_client`` collector, registered on a private
-``CollectorRegistry`` per :class:`~bokeh_memwatch.monitor.MemWatch` (never the
+``CollectorRegistry`` per :class:`~bokeh_memwatch.monitor.Monitor` (never the
 global one: an embedding application's own metrics stay its own), rendered
 by ``generate_latest`` in the text format.  A scrape reads the latest sample
 of each worker (this one from memory, the others from the history database)
@@ -27,12 +27,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from .. import __version__
-from .api import JSONHandler, Routes, no_query_args
+from .._version import __version__
+from .api import JSONHandler, no_query_args
 from .probes import RECYCLE_METRICS, recycle_metrics
 
 if TYPE_CHECKING:
-    from ..monitor import MemWatch
+    from ..monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ __all__ = (
     "CONTENT_TYPE",
     "METRIC_NAMES",
     "MemwatchCollector",
+    "MetricsHandler",
     "make_registry",
-    "metrics_routes",
 )
 
 #: The text exposition format (what ``generate_latest`` writes).
@@ -121,9 +121,9 @@ def _number(value: Any) -> float | None:
 
 
 class MemwatchCollector:
-    """ A ``prometheus_client`` collector reading one MemWatch's samples. """
+    """ A ``prometheus_client`` collector reading one Monitor's samples. """
 
-    def __init__(self, memwatch: MemWatch) -> None:
+    def __init__(self, memwatch: Monitor) -> None:
         self.memwatch = memwatch
 
     def describe(self) -> list[Metric]:
@@ -204,7 +204,7 @@ class MemwatchCollector:
         yield info
 
 
-def _census_metrics(mw: MemWatch, me: str) -> Iterator[Metric]:
+def _census_metrics(mw: Monitor, me: str) -> Iterator[Metric]:
     """ The census (census.py): types growing with closed sessions. """
     census = mw.census
     runs = CounterMetricFamily(PREFIX + "census_runs", "Censuses of live objects by type taken in this worker",
@@ -231,7 +231,7 @@ def _census_metrics(mw: MemWatch, me: str) -> Iterator[Metric]:
     yield bytes_per_session
 
 
-def make_registry(memwatch: MemWatch) -> CollectorRegistry:
+def make_registry(memwatch: Monitor) -> CollectorRegistry:
     """ A private registry holding memwatch's collector only. """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MemwatchCollector(memwatch))
@@ -247,17 +247,13 @@ class MetricsHandler(JSONHandler):
 
     cross_site_navigation = True
 
-    def initialize(self, memwatch: MemWatch, registry: CollectorRegistry) -> None:  # type: ignore[override]
+    def initialize(self, memwatch: Monitor, registry: CollectorRegistry | None = None) -> None:
         super().initialize(memwatch)
-        self.registry = registry
+        # The route table makes one registry per mount; a handler mounted alone makes its own.
+        self.registry = registry if registry is not None else make_registry(memwatch)
 
     def get(self) -> None:
         no_query_args(self)
         body = render(self.registry)
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(body)
-
-
-def metrics_routes(memwatch: MemWatch) -> Routes:
-    kw: dict[str, Any] = {"memwatch": memwatch, "registry": make_registry(memwatch)}
-    return [(r"/memwatch/metrics/?", MetricsHandler, kw)]

@@ -26,25 +26,25 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from tornado.web import RequestHandler
 
-from .api import JSONHandler, Routes, check_same_origin, no_query_args
+from .api import JSONHandler, check_same_origin, no_query_args
 
 if TYPE_CHECKING:
-    from ..monitor import MemWatch
+    from ..monitor import Monitor
 
 log = logging.getLogger(__name__)
 
 __all__ = (
     "RECYCLE_METRICS",
-    "probe_routes",
+    "ProbeHandler",
+    "RecycleHandler",
     "recycle_metrics",
-    "recycle_routes",
 )
 
 
 class ProbeHandler(RequestHandler):
     """ ``healthz``/``readyz``: plain text, no credentials, nothing revealed. """
 
-    def initialize(self, memwatch: MemWatch, readiness: bool) -> None:
+    def initialize(self, memwatch: Monitor, readiness: bool) -> None:
         self.memwatch = memwatch
         self.readiness = readiness
 
@@ -75,15 +75,6 @@ class ProbeHandler(RequestHandler):
         self.finish(f"{status_code} {self._reason}\n")
 
 
-def probe_routes(memwatch: MemWatch) -> Routes:
-    if not memwatch.options.probes:
-        return []
-    return [
-        (r"/memwatch/healthz/?", ProbeHandler, {"memwatch": memwatch, "readiness": False}),
-        (r"/memwatch/readyz/?", ProbeHandler, {"memwatch": memwatch, "readiness": True}),
-    ]
-
-
 class RecycleHandler(JSONHandler):
     """ ``GET api/recycle``. """
 
@@ -92,7 +83,7 @@ class RecycleHandler(JSONHandler):
         self.write_json(recycle_state(self.memwatch))
 
 
-def recycle_state(memwatch: MemWatch) -> dict[str, Any]:
+def recycle_state(memwatch: Monitor) -> dict[str, Any]:
     """ This worker's recycling, every worker's, the newest events. """
     recycler = memwatch.recycler
     out: dict[str, Any] = {
@@ -111,16 +102,12 @@ def recycle_state(memwatch: MemWatch) -> dict[str, Any]:
     return out
 
 
-def recycle_routes(memwatch: MemWatch) -> Routes:
-    return [(r"/memwatch/api/recycle/?", RecycleHandler, {"memwatch": memwatch})]
-
-
 #: The series :func:`recycle_metrics` writes (without the prefix).
 RECYCLE_METRICS = ("draining", "recycle_pending", "drain_seconds", "drain_timeout_seconds",
                    "recycle_threshold_bytes", "recycles_total")
 
 
-def recycle_metrics(memwatch: MemWatch, prefix: str) -> Iterator[Metric]:
+def recycle_metrics(memwatch: Monitor, prefix: str) -> Iterator[Metric]:
     """ Recycling series: per worker (from the registry, so any worker
     answers for every worker) ``draining``, ``drain_seconds`` and
     ``recycle_threshold_bytes``; per server ``recycles_total{reason,

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from tornado.web import HTTPError
 
@@ -32,11 +32,20 @@ from ..heap.worker import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTime
 from .api import JSONHandler, int_arg, json_body, no_query_args
 
 if TYPE_CHECKING:
-    from ..monitor import MemWatch
+    pass
 
 log = logging.getLogger(__name__)
 
-__all__ = ("snapshot_routes",)
+__all__ = (
+    "AllocatorsHandler",
+    "BaselineHandler",
+    "ReportHandler",
+    "SnapshotDownloadHandler",
+    "SnapshotItemHandler",
+    "SnapshotsHandler",
+    "TracemallocHandler",
+    "TypesHandler",
+)
 
 T = TypeVar("T")
 
@@ -228,17 +237,3 @@ class ReportHandler(SnapshotHandler):
         self.set_header("Content-Disposition",
                         f'attachment; filename="memwatch-report-{os.getpid()}-{stamp}.json"')
         self.finish(report)
-
-
-def snapshot_routes(memwatch: MemWatch) -> list[tuple[str, type, dict[str, Any]]]:
-    kw = {"memwatch": memwatch}
-    return [
-        (r"/memwatch/api/tracemalloc/?", TracemallocHandler, kw),
-        (r"/memwatch/api/snapshots/?", SnapshotsHandler, kw),
-        (r"/memwatch/api/snapshots/([^/]+)/?", SnapshotItemHandler, kw),
-        (r"/memwatch/api/snapshots/([^/]+)/tracemalloc/?", SnapshotDownloadHandler, kw),
-        (r"/memwatch/api/baseline/?", BaselineHandler, kw),
-        (r"/memwatch/api/allocators/?", AllocatorsHandler, kw),
-        (r"/memwatch/api/types/?", TypesHandler, kw),
-        (r"/memwatch/api/report/?", ReportHandler, kw),
-    ]

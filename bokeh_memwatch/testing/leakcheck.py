@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from bokeh.application import Application
     from tornado.ioloop import IOLoop
 
-    from ..monitor import MemWatch
+    from ..memwatch import MemWatch
 
 log = logging.getLogger(__name__)
 

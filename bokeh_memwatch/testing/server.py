@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bokeh.application import Application
 from tornado.ioloop import IOLoop
 
-from ..monitor import MemWatch
+from ..memwatch import MemWatch
 from ..server import memwatch_server
 
 if TYPE_CHECKING:

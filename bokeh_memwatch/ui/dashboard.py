@@ -58,14 +58,15 @@ from ..http.api import JSONHandler, float_arg, int_arg, no_query_args
 if TYPE_CHECKING:
     from bokeh.models import LayoutDOM
 
-    from ..http.api import Routes
-    from ..monitor import MemWatch
+    from ..monitor import Monitor
 
 log = logging.getLogger(__name__)
 
 __all__ = (
     "TIMELINE_FIELDS",
-    "dashboard_routes",
+    "DashboardHandler",
+    "PageCache",
+    "TimelineHandler",
     "downsample",
     "render_page",
 )
@@ -447,9 +448,9 @@ class DashboardHandler(JSONHandler):
 
     cross_site_navigation = True
 
-    def initialize(self, memwatch: MemWatch, cache: PageCache) -> None:  # type: ignore[override]
+    def initialize(self, memwatch: Monitor, cache: PageCache | None = None) -> None:
         super().initialize(memwatch)
-        self.cache = cache
+        self.cache = cache if cache is not None else PageCache()
 
     def get(self) -> None:
         no_query_args(self)
@@ -486,12 +487,3 @@ class TimelineHandler(JSONHandler):
             "interval_ms": self.memwatch.options.interval_ms,
             "columns": columns,
         })
-
-
-def dashboard_routes(memwatch: MemWatch) -> Routes:
-    """ The page and its endpoint, relative to the server's prefix. """
-    kw: dict[str, Any] = {"memwatch": memwatch}
-    return [
-        (r"/memwatch/api/dashboard/timeline/?", TimelineHandler, kw),
-        (r"/memwatch/?", DashboardHandler, {**kw, "cache": PageCache()}),
-    ]

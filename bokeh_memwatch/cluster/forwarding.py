@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import os
 import re
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -48,7 +49,9 @@ if TYPE_CHECKING:
     from tornado.httpserver import HTTPServer
     from tornado.web import Application, RequestHandler
 
-    from ..monitor import MemWatch
+    from ..collect.tracker import SessionTracker
+    from ..heap.snapshots import SnapshotManager
+    from ..options import MemwatchOptions
     from ..store.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -58,9 +61,11 @@ __all__ = (
     "TARGET_ARG",
     "TARGET_HEADER",
     "Forwarder",
+    "ForwardingHost",
     "PrivateListener",
     "forward_request",
     "is_forwarded",
+    "is_loopback",
 )
 
 FORWARD_HEADER = "X-Memwatch-Forwarded"
@@ -103,15 +108,43 @@ class PrivateListener:
             self.server = None
 
 
-def is_forwarded(handler: RequestHandler, memwatch: MemWatch) -> bool:
+class ForwardingHost(Protocol):
+    """ What forwarding reads of this worker's :class:`~bokeh_memwatch.monitor.Monitor`. """
+
+    forward_secret: str
+    forwarder: Forwarder | None
+
+    @property
+    def options(self) -> MemwatchOptions: ...
+
+    @property
+    def tracker(self) -> SessionTracker: ...
+
+    @property
+    def snapshots(self) -> SnapshotManager | None: ...
+
+
+def is_loopback(address: str | None) -> bool:
+    """ Is ``address`` (an IP, maybe with a ``%zone``) a loopback address?
+    ``::ffff:127.0.0.1`` from a dual-stack socket is. """
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback  # ::ffff:127.0.0.1 from a dual-stack socket
+    return ip.is_loopback
+
+
+def is_forwarded(handler: RequestHandler, memwatch: ForwardingHost) -> bool:
     """ Whether the request was forwarded by a worker of this server (its
     credentials were checked there). """
     secret = handler.request.headers.get(FORWARD_HEADER)
     if not secret:
         return False
-    from .api import _is_loopback
-
-    if not _is_loopback(handler.request.remote_ip):
+    if not is_loopback(handler.request.remote_ip):
         return False
     return hmac.compare_digest(secret.encode(), memwatch.forward_secret.encode())
 
@@ -120,12 +153,12 @@ class Forwarder:
     """ Finds the worker that owns a request's object and relays to it.
 
     Args:
-        memwatch: this worker's MemWatch.
+        memwatch: this worker's Monitor.
         registry: the workers' registry (ports).
         cache_s: how long the list of workers is reused.
     """
 
-    def __init__(self, memwatch: MemWatch, registry: WorkerRegistry, *, cache_s: float = 1.0) -> None:
+    def __init__(self, memwatch: ForwardingHost, registry: WorkerRegistry, *, cache_s: float = 1.0) -> None:
         self.memwatch = memwatch
         self.registry = registry
         self.cache_s = cache_s
@@ -302,7 +335,7 @@ def _error(handler: RequestHandler, status: int, reason: str) -> None:
     handler.finish(json.dumps({"pid": os.getpid(), "status": status, "error": reason}))
 
 
-async def forward_request(handler: RequestHandler, memwatch: MemWatch) -> bool:
+async def forward_request(handler: RequestHandler, memwatch: ForwardingHost) -> bool:
     """ For ``JSONHandler.prepare``: answer from the owning worker when it is
     another one (True: answered). """
     if is_forwarded(handler, memwatch):

@@ -376,7 +376,7 @@ def wait_for_orphan(server: BenchServer, timeout_s: float = 30.0) -> str:
 
 def fill_store(store: Any, samples: int, apps: int) -> float:
     """ Append ``samples`` samples of ``apps`` apps; returns seconds. """
-    from bokeh_memwatch.store.ring import APP_FIELDS, PROCESS_FIELDS
+    from bokeh_memwatch.schema import APP_FIELDS, PROCESS_FIELDS
 
     started = time.perf_counter()
     for i in range(samples):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 
-from .cluster.cluster import WORKER_FIELDS, Cluster, server_key
+from .cluster.cluster import Cluster, server_key
 from .collect.app_handler import MemwatchAppHandler
 from .collect.process import Collector, ProcessCollector, default_collectors
 from .collect.tracker import VERIFIED_BY_COLLECTIONS, VERIFIED_BY_SCAN, SessionTracker, source_bytes, verification_job
@@ -41,6 +41,7 @@ from .heap.snapshots import SnapshotManager
 from .heap.worker import HeapWorkBusy, HeapWorker
 from .options import MemwatchOptions
 from .sampler import Sampler
+from .schema import ORPHAN_LISTS, SESSION_COUNTS, WORKER_FIELDS, proven_leaks
 from .store.ring import SampleStore
 
 if TYPE_CHECKING:
@@ -320,8 +321,7 @@ class Monitor:
             "rss_bytes": self._rss_bytes(),
             "traced_bytes": latest.get("traced_bytes") if latest else None,
         }
-        for key in ("sessions", "connections", "documents", "models", "data_bytes", "orphans",
-                    "pending_orphans", "held_by_timers", "awaiting_collection", "models_retained"):
+        for key in SESSION_COUNTS:
             result[key] = int(counts.totals.get(key, 0))
         result["verification"] = self.verification_state()
         result.update(self.tracker.counters())
@@ -396,17 +396,14 @@ class Monitor:
 
     def orphans(self) -> dict[str, list[dict[str, Any]]]:
         """ Destroyed sessions still holding something, by state (see
-        :data:`bokeh_memwatch.collect.tracker.STATES`): ``orphans`` and
+        :data:`bokeh_memwatch.schema.STATES`): ``orphans`` and
         ``retained_models`` are proven leaks; ``held_by_timers``,
         ``awaiting_collection`` and ``pending`` are not (yet). """
         rows = self.tracker.destroyed_holding(budget_s=ON_DEMAND_BUDGET_S)
-        return {
-            "orphans": [r for r in rows if r["status"] == "orphan"],
-            "retained_models": [r for r in rows if r["status"] == "models_retained"],
-            "held_by_timers": [r for r in rows if r["status"] == "held_until"],
-            "awaiting_collection": [r for r in rows if r["status"] == "awaiting_collection"],
-            "pending": [r for r in rows if r["status"] == "pending"],
-        }
+        lists: dict[str, list[dict[str, Any]]] = {name: [] for name in ORPHAN_LISTS.values()}
+        for row in rows:
+            lists[ORPHAN_LISTS[row["status"]]].append(row)
+        return lists
 
     def verification_state(self) -> dict[str, Any]:
         """ How verdicts are reached, and the last verification's figures. """
@@ -513,7 +510,7 @@ class Monitor:
         return grown + advise(
             summary,
             sessions=self.sessions(),
-            retained=[*orphans["orphans"], *orphans["retained_models"]],
+            retained=proven_leaks(orphans),
             history=self.history(since=None, limit=history_limit),
             cleanup_hooks=self.cleanup_hooks(),
             rounds=rounds,

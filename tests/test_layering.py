@@ -26,13 +26,14 @@ import bokeh_memwatch
 #: The layers, lowest first.  A module may import its own layer and those
 #: below.  A name is a top-level module or a subpackage of ``bokeh_memwatch``.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_version", "saferepr", "_bokeh_internals"),  # foundations
+    ("_version", "saferepr", "schema", "_bokeh_internals"),  # foundations
     ("heap",),        # referents, frames, the forked worker, reachability, chains, census, snapshots
     ("collect",),     # process, cgroup, the session tracker and the app handler feeding it
     ("analyze",),     # advice, the memory-limit guard and report
     ("store",),       # the in-memory ring, the SQLite history, the worker registry
     ("options",),     # the one options table
     ("sampler",),     # the periodic sampler on the server's loop
+    ("report",),      # the bug report, the limit report, their text
     ("cluster",),     # beyond one process: history merge, workers, forwarding, recycling
     ("monitor",),     # the object that builds everything in __init__ and binds in start()
     ("http",),        # tornado handlers

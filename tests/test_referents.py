@@ -14,7 +14,7 @@ from bokeh_memwatch.heap.referents import get_referents
 HAZARD = textwrap.dedent("""
     import asyncio, gc, sys
     from bokeh_memwatch.heap.referents import get_referents
-    from bokeh_memwatch.heap.snapshots import _type_summary
+    from bokeh_memwatch.heap.types import _type_summary
     loop = asyncio.new_event_loop()
     future = loop.create_future()
     future.set_result(1)

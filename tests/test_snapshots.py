@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.heap.snapshots import REPORT_FORMAT, SnapshotManager, diff_summaries, format_report
+from bokeh_memwatch.heap.snapshots import SnapshotManager
+from bokeh_memwatch.heap.types import diff_summaries
 from bokeh_memwatch.heap.worker import HeapWorker
+from bokeh_memwatch.report.bug_report import REPORT_FORMAT
+from bokeh_memwatch.report.text import format_report
 from bokeh_memwatch.testing.server import ServerThread
 
 from .conftest import PYTHON, api, http, open_and_close_sessions, script_app, wait_until

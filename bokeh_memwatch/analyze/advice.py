@@ -24,13 +24,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..schema import PROVEN_STATES, format_bytes
+
 log = logging.getLogger(__name__)
 
 __all__ = (
     "SECTIONS",
     "SEVERITIES",
     "advise",
-    "format_bytes",
     "grows",
 )
 
@@ -63,16 +64,6 @@ RSS_PER_SESSION_NOTE_BYTES = 2 * 1024 * 1024
 
 #: Samples looked at for "orphans growing".
 GROWTH_MIN_SAMPLES = 3
-
-
-def format_bytes(n: float) -> str:
-    """ ``1536 -> '1.5 KiB'``: binary units, one decimal. """
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"  # pragma: no cover - loop always returns
 
 
 def grows(first: Mapping[str, Any], last: Mapping[str, Any]) -> bool:
@@ -219,8 +210,8 @@ def _orphans(app: str, counts: Mapping[str, Any], rows: Sequence[Mapping[str, An
     )]
 
 
-#: Row states that are leaks (see ``tracker.STATES``).
-PROVEN = ("orphan", "models_retained")
+#: Row states that are leaks.
+PROVEN = PROVEN_STATES
 
 
 def _how_proven(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -15,7 +15,8 @@ import logging
 from bokeh.command.subcommand import Argument, Subcommand
 from bokeh.command.util import die
 
-from ..heap.snapshots import GROUPS, format_allocators, format_report, top_growth
+from ..heap.allocations import GROUPS, top_growth
+from ..report.text import format_allocators, format_report
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,12 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..analyze.limits import LimitGuard, LimitReportSource, fraction_of, write_limit_report
+from ..analyze.limits import LimitGuard, fraction_of
 from ..collect.cgroup import CgroupMemoryCollector
+from ..report.limit_report import LimitReportSource, write_limit_report
+from ..schema import APP_FIELDS, PROCESS_FIELDS, WORKER_FIELDS
 from ..store.history_db import HistoryDB, default_history_dir, resolve_history_dir
 from ..store.registry import pid_alive
-from ..store.ring import APP_FIELDS, PROCESS_FIELDS
 
 if TYPE_CHECKING:
     from ..options import MemwatchOptions
@@ -39,19 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = (
-    "WORKER_FIELDS",
     "Cluster",
     "server_key",
 )
-
-#: What ``summary.workers`` shows of each worker.
-WORKER_FIELDS = (
-    "rss_bytes", "traced_bytes", "sessions", "connections", "documents", "models", "data_bytes",
-    "orphans", "pending_orphans", "held_by_timers", "awaiting_collection", "models_retained",
-    "sessions_created_total", "sessions_destroyed_total",
-    "memory_limit_bytes",
-)
-
 
 def server_key(port: int | None, prefix: str, app_paths: Iterable[str]) -> str:
     """ What names one server across its workers and its restarts: its

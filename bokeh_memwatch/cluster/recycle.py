@@ -4,7 +4,7 @@ When a worker's RSS stays at or above ``--memwatch-recycle-at`` (a fraction
 of the container's memory limit, ``0.85``, or a size, ``1.5GiB``) for
 ``recycle_samples`` consecutive samples, the worker:
 
-1. writes the limit report (:func:`.limits.write_limit_report`, reason
+1. writes the limit report (:func:`bokeh_memwatch.report.limit_report.write_limit_report`, reason
    ``"recycle"``), so the evidence survives the restart;
 2. takes the server's drain lease in the shared history database
    (:class:`.registry.WorkerRegistry`): at most one worker drains at a time,
@@ -36,7 +36,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..analyze.limits import LimitReportSource, RecycleThreshold, fraction_of, write_limit_report
+from ..analyze.limits import RecycleThreshold, fraction_of
+from ..report.limit_report import LimitReportSource, write_limit_report
 
 if TYPE_CHECKING:
     from tornado.httpserver import HTTPServer

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from bokeh.document import Document
     from bokeh.model import Model
 
+from ..schema import STATES
+
 log = logging.getLogger(__name__)
 
 __all__ = (
@@ -84,7 +86,6 @@ class SessionLike(Protocol):
 
 #: The states of a destroyed session that still holds something (see the
 #: module docstring).  ``orphan`` and ``models_retained`` are leaks, proven.
-STATES: tuple[str, ...] = ("pending", "awaiting_collection", "held_until", "orphan", "models_retained")
 
 #: How the verdicts were reached: a reachability scan of a forked copy of
 #: the heap, or (no fork) the collector's own schedule.

@@ -28,8 +28,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from .._version import __version__
+from ..schema import APP_GAUGES, METRIC_PREFIX, PROCESS_COUNTERS, PROCESS_GAUGES
 from .api import JSONHandler, no_query_args
-from .probes import RECYCLE_METRICS, recycle_metrics
+from .probes import recycle_metrics
 
 if TYPE_CHECKING:
     from ..monitor import Monitor
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 __all__ = (
     "CONTENT_TYPE",
-    "METRIC_NAMES",
     "MemwatchCollector",
     "MetricsHandler",
     "make_registry",
@@ -46,70 +46,6 @@ __all__ = (
 
 #: The text exposition format (what ``generate_latest`` writes).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-PREFIX = "bokeh_memwatch_"
-
-#: Per worker: (metric name without prefix, sample field, help, factor).
-_PROCESS_GAUGES: tuple[tuple[str, str, str, float], ...] = (
-    ("rss_bytes", "rss_bytes", "Resident set size of the worker", 1.0),
-    ("traced_bytes", "traced_bytes", "Memory traced by tracemalloc (absent when not tracing)", 1.0),
-    ("sessions", "sessions", "Live Bokeh sessions", 1.0),
-    ("connections", "connections", "Open websocket connections", 1.0),
-    ("documents", "documents", "Alive Documents: of live sessions and of destroyed sessions not freed yet", 1.0),
-    ("models", "models", "Models in live Documents", 1.0),
-    ("data_bytes", "data_bytes", "Bytes held in ColumnDataSources", 1.0),
-    ("orphans", "orphans",
-     "Documents of destroyed sessions proven reachable from a root (leaks; a reachability scan)", 1.0),
-    ("pending_orphans", "pending_orphans",
-     "Destroyed sessions still holding something, not judged yet (grace period, no verification yet)", 1.0),
-    ("held_by_timers", "held_by_timers",
-     "Destroyed sessions held only by scheduled loop callbacks, verified again when those are due", 1.0),
-    ("awaiting_collection", "awaiting_collection",
-     "Destroyed sessions whose Document and Models are garbage the next full collection frees (not leaks)", 1.0),
-    ("retained_models", "models_retained",
-     "Models of destroyed sessions proven reachable while their Document is gone or garbage (leaks)", 1.0),
-    ("memory_limit_bytes", "memory_limit_bytes", "Memory limit of the worker's cgroup (absent: none)", 1.0),
-    ("sampler_tick_seconds", "tick_ms", "Duration of the worker's last sampler tick", 0.001),
-    ("sample_timestamp_seconds", "t", "Unix time of the worker's latest sample", 1.0),
-)
-
-_PROCESS_COUNTERS: tuple[tuple[str, str, str], ...] = (
-    ("sessions_created", "sessions_created_total", "Sessions created since the worker started"),
-    ("sessions_destroyed", "sessions_destroyed_total", "Sessions destroyed since the worker started"),
-)
-
-#: Per worker and application: (name without prefix, app field, help).
-_APP_GAUGES: tuple[tuple[str, str, str], ...] = (
-    ("app_sessions", "sessions", "Live sessions of the application"),
-    ("app_connections", "connections", "Open connections of the application"),
-    ("app_documents", "documents", "Live Documents of the application"),
-    ("app_models", "models", "Models in the application's live Documents"),
-    ("app_data_bytes", "data_bytes", "Bytes in the application's ColumnDataSources"),
-    ("app_orphans", "orphans", "The application's orphaned Documents (proven)"),
-    ("app_retained_models", "models_retained", "The application's Models retained without their Document (proven)"),
-)
-
-#: Every metric family a scrape can contain (names as exposed).
-METRIC_NAMES: tuple[str, ...] = (
-    *(PREFIX + name for name, _, _, _ in _PROCESS_GAUGES),
-    PREFIX + "rss_limit_ratio",
-    *(PREFIX + name + "_total" for name, _, _ in _PROCESS_COUNTERS),
-    *(PREFIX + name for name, _, _ in _APP_GAUGES),
-    PREFIX + "workers",
-    PREFIX + "sampler_ticks_total",
-    PREFIX + "sampler_errors_total",
-    PREFIX + "sampler_tick_max_seconds",
-    PREFIX + "limit_reports_total",
-    PREFIX + "history_dropped_samples_total",
-    PREFIX + "build_info",
-    # the census (census.py)
-    PREFIX + "census_runs_total",
-    PREFIX + "census_growing_types",
-    PREFIX + "census_type_growth_per_session",
-    PREFIX + "census_type_growth_bytes_per_session",
-    *(PREFIX + name for name in RECYCLE_METRICS),
-)
-
 
 def _number(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
@@ -139,29 +75,29 @@ class MemwatchCollector:
         else:
             samples = {} if latest is None else {os.getpid(): latest}
 
-        for name, fieldname, doc, factor in _PROCESS_GAUGES:
-            gauge = GaugeMetricFamily(PREFIX + name, doc, labels=["pid"])
+        for name, fieldname, doc, factor in PROCESS_GAUGES:
+            gauge = GaugeMetricFamily(METRIC_PREFIX + name, doc, labels=["pid"])
             for pid, sample in samples.items():
                 value = _number(sample.get(fieldname))
                 if value is not None:
                     gauge.add_metric([str(pid)], value * factor)
             yield gauge
-        ratio = GaugeMetricFamily(PREFIX + "rss_limit_ratio", "RSS as a fraction of the memory limit",
+        ratio = GaugeMetricFamily(METRIC_PREFIX + "rss_limit_ratio", "RSS as a fraction of the memory limit",
                                   labels=["pid"])
         for pid, sample in samples.items():
             rss, limit = _number(sample.get("rss_bytes")), _number(sample.get("memory_limit_bytes"))
             if rss is not None and limit:
                 ratio.add_metric([str(pid)], rss / limit)
         yield ratio
-        for name, fieldname, doc in _PROCESS_COUNTERS:
-            counter = CounterMetricFamily(PREFIX + name, doc, labels=["pid"])
+        for name, fieldname, doc in PROCESS_COUNTERS:
+            counter = CounterMetricFamily(METRIC_PREFIX + name, doc, labels=["pid"])
             for pid, sample in samples.items():
                 value = _number(sample.get(fieldname))
                 if value is not None:
                     counter.add_metric([str(pid)], value)
             yield counter
-        for name, fieldname, doc in _APP_GAUGES:
-            gauge = GaugeMetricFamily(PREFIX + name, doc, labels=["pid", "app"])
+        for name, fieldname, doc in APP_GAUGES:
+            gauge = GaugeMetricFamily(METRIC_PREFIX + name, doc, labels=["pid", "app"])
             for pid, sample in samples.items():
                 for app, values in sorted((sample.get("apps") or {}).items()):
                     value = _number((values or {}).get(fieldname))
@@ -169,13 +105,13 @@ class MemwatchCollector:
                         gauge.add_metric([str(pid), str(app)], value)
             yield gauge
 
-        yield GaugeMetricFamily(PREFIX + "workers", "Workers of this server with a recent sample",
+        yield GaugeMetricFamily(METRIC_PREFIX + "workers", "Workers of this server with a recent sample",
                                 value=len(samples) or 1)
         sampler = mw.sampler
-        ticks = CounterMetricFamily(PREFIX + "sampler_ticks", "Sampler ticks in this worker", labels=["pid"])
-        errors = CounterMetricFamily(PREFIX + "sampler_errors", "Collector failures in this worker",
+        ticks = CounterMetricFamily(METRIC_PREFIX + "sampler_ticks", "Sampler ticks in this worker", labels=["pid"])
+        errors = CounterMetricFamily(METRIC_PREFIX + "sampler_errors", "Collector failures in this worker",
                                      labels=["pid"])
-        tick_max = GaugeMetricFamily(PREFIX + "sampler_tick_max_seconds", "Longest sampler tick in this worker",
+        tick_max = GaugeMetricFamily(METRIC_PREFIX + "sampler_tick_max_seconds", "Longest sampler tick in this worker",
                                      labels=["pid"])
         if sampler is not None:
             ticks.add_metric([me], sampler.ticks)
@@ -184,9 +120,9 @@ class MemwatchCollector:
         yield ticks
         yield errors
         yield tick_max
-        reports = CounterMetricFamily(PREFIX + "limit_reports", "Reports written near the memory limit",
+        reports = CounterMetricFamily(METRIC_PREFIX + "limit_reports", "Reports written near the memory limit",
                                       labels=["pid"])
-        dropped = CounterMetricFamily(PREFIX + "history_dropped_samples",
+        dropped = CounterMetricFamily(METRIC_PREFIX + "history_dropped_samples",
                                       "Samples not written to the history database (queue full)", labels=["pid"])
         if mw.cluster is not None:
             reports.add_metric([me], mw.cluster.guard.triggered_total)
@@ -195,10 +131,10 @@ class MemwatchCollector:
         yield reports
         yield dropped
         yield from _census_metrics(mw, me)
-        yield from recycle_metrics(mw, PREFIX)
+        yield from recycle_metrics(mw, METRIC_PREFIX)
         import bokeh
 
-        info = GaugeMetricFamily(PREFIX + "build_info", "Versions (value 1)",
+        info = GaugeMetricFamily(METRIC_PREFIX + "build_info", "Versions (value 1)",
                                  labels=["pid", "version", "bokeh", "python"])
         info.add_metric([me, __version__, bokeh.__version__, sys.version.split()[0]], 1)
         yield info
@@ -207,14 +143,14 @@ class MemwatchCollector:
 def _census_metrics(mw: Monitor, me: str) -> Iterator[Metric]:
     """ The census (census.py): types growing with closed sessions. """
     census = mw.census
-    runs = CounterMetricFamily(PREFIX + "census_runs", "Censuses of live objects by type taken in this worker",
+    runs = CounterMetricFamily(METRIC_PREFIX + "census_runs", "Censuses of live objects by type taken in this worker",
                                labels=["pid"])
-    growing = GaugeMetricFamily(PREFIX + "census_growing_types",
+    growing = GaugeMetricFamily(METRIC_PREFIX + "census_growing_types",
                                 "Application types whose count grows with closed sessions (census)", labels=["pid"])
-    per_session = GaugeMetricFamily(PREFIX + "census_type_growth_per_session",
+    per_session = GaugeMetricFamily(METRIC_PREFIX + "census_type_growth_per_session",
                                     "Instances kept per closed session, per growing type (census; top 10)",
                                     labels=["pid", "type"])
-    bytes_per_session = GaugeMetricFamily(PREFIX + "census_type_growth_bytes_per_session",
+    bytes_per_session = GaugeMetricFamily(METRIC_PREFIX + "census_type_growth_bytes_per_session",
                                           "Shallow bytes kept per closed session, per growing type (census; top 10)",
                                           labels=["pid", "type"])
     if census is not None:

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = (
-    "RECYCLE_METRICS",
     "ProbeHandler",
     "RecycleHandler",
     "recycle_metrics",
@@ -100,11 +99,6 @@ def recycle_state(memwatch: Monitor) -> dict[str, Any]:
         except sqlite3.Error as e:
             out["error"] = f"history database: {e}"
     return out
-
-
-#: The series :func:`recycle_metrics` writes (without the prefix).
-RECYCLE_METRICS = ("draining", "recycle_pending", "drain_seconds", "drain_timeout_seconds",
-                   "recycle_threshold_bytes", "recycles_total")
 
 
 def recycle_metrics(memwatch: Monitor, prefix: str) -> Iterator[Metric]:

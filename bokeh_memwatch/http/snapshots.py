@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, TypeVar
 
 from tornado.web import HTTPError
 
+from ..heap.allocations import GROUPS, Group
 from ..heap.snapshots import (
-    GROUPS,
-    MAX_TYPE_ROWS,
     BaselineMissing,
-    Group,
     NotTracing,
     SnapshotError,
     SnapshotManager,
     SnapshotTooLarge,
     UnknownSnapshot,
 )
+from ..heap.types import MAX_TYPE_ROWS
 from ..heap.worker import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
+from ..report.bug_report import build_report
 from .api import JSONHandler, int_arg, json_body, no_query_args
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ class ReportHandler(SnapshotHandler):
     async def get(self) -> None:
         no_query_args(self, ("chains",))
         max_chains = int_arg(self, "chains", 5, lo=0, hi=50)
-        report = await self.run(self.manager.report(self.memwatch, max_chains=max_chains))
+        report = await self.run(build_report(self.manager, self.memwatch, max_chains=max_chains))
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self.set_header("Content-Disposition",
                         f'attachment; filename="memwatch-report-{os.getpid()}-{stamp}.json"')

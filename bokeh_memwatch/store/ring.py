@@ -20,60 +20,14 @@ from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..schema import APP_FIELDS, COUNT_FIELDS, PROCESS_FIELDS
+
 log = logging.getLogger(__name__)
 
 __all__ = (
-    "APP_FIELDS",
     "DEFAULT_MAX_APPS",
-    "PROCESS_FIELDS",
     "SampleStore",
 )
-
-#: Fields recorded once per sample for the whole process.
-PROCESS_FIELDS: tuple[str, ...] = (
-    "t",
-    "rss_bytes",
-    "traced_bytes",
-    "traced_peak_bytes",
-    "gc_gen0",
-    "gc_gen1",
-    "gc_gen2",
-    "gc_collections_gen2",
-    "sessions",
-    "connections",
-    "documents",
-    "models",
-    "data_bytes",
-    "orphans",
-    "pending_orphans",
-    "held_by_timers",
-    "awaiting_collection",
-    "models_retained",
-    "sessions_created_total",
-    "sessions_destroyed_total",
-    "tick_ms",
-    "errors",
-)
-
-#: Fields recorded for every application at every sample.
-APP_FIELDS: tuple[str, ...] = (
-    "sessions",
-    "connected",
-    "unused",
-    "connections",
-    "documents",
-    "models",
-    "data_bytes",
-    "orphans",
-    "models_retained",
-)
-
-#: Fields that are small counts (far below 2**24): stored as 4-byte floats.
-COUNT_FIELDS: frozenset[str] = frozenset({
-    "gc_gen0", "gc_gen1", "gc_gen2", "gc_collections_gen2", "sessions", "connected", "unused",
-    "connections", "documents", "models", "orphans", "pending_orphans", "models_retained", "errors",
-    "held_by_timers", "awaiting_collection",
-})
 
 #: Applications with history columns of their own; more are counted in the
 #: process totals only.  Keeps a day of history under 10 MB.

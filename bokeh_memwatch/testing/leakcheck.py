@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..analyze.advice import census_advice, format_bytes, grows
+from ..analyze.advice import census_advice, grows
 from ..collect.process import ProcessCollector
 from ..collect.tracker import TIMER_MARGIN_S
 from ..heap.census import CensusManager
+from ..schema import PROVEN_STATES, UNJUDGED_STATES, format_bytes
 
 if TYPE_CHECKING:
     from bokeh.application import Application
@@ -71,10 +72,6 @@ __all__ = (
 
 T = TypeVar("T")
 
-#: States of a destroyed session that count as a leak (proven), and those
-#: not judged yet (see ``tracker.STATES``).
-LEAK_STATES = ("orphan", "models_retained")
-UNJUDGED = ("pending", "held_until")
 
 #: Longest wait for destroyed sessions to be judged (timers holding them due).
 MAX_JUDGE_WAIT_S = 600.0
@@ -553,7 +550,7 @@ class LeakCheck:
         while True:
             self.wait_coroutine(self.memwatch.verify_destroyed, verify_timeout_s)
             rows = self._rows(app_path)
-            unjudged = [r for r in rows if r["status"] in UNJUDGED]
+            unjudged = [r for r in rows if r["status"] in UNJUDGED_STATES]
             # A session held by a timer is judged once the timer is due (and
             # one more verification ran), however long that is, up to a bound.
             held_until = max((float(r["held_until"]) for r in unjudged if r.get("held_until") is not None),
@@ -584,7 +581,7 @@ class LeakCheck:
     def _settled_rows(self, app_path: str) -> list[dict[str, Any]]:
         """ The app's proven leaks: orphans and Models retained without
         their Document (the one definition; see ``tracker.STATES``). """
-        return [r for r in self._rows(app_path) if r["status"] in LEAK_STATES]
+        return [r for r in self._rows(app_path) if r["status"] in PROVEN_STATES]
 
     def measure(self, app_path: str, number: int, opened: Mapping[str, int],
                 settle: Mapping[str, Any]) -> dict[str, Any]:

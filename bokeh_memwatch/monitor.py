@@ -16,7 +16,6 @@ IOLoop keeps serving.
 """
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import os
@@ -24,21 +23,23 @@ import secrets
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 
+from .analyze.verification import Verifier
+from .analyze.why_alive import WhyAlive
 from .cluster.cluster import Cluster, server_key
 from .collect.app_handler import MemwatchAppHandler
 from .collect.process import Collector, ProcessCollector, default_collectors
-from .collect.tracker import VERIFIED_BY_COLLECTIONS, VERIFIED_BY_SCAN, SessionTracker, source_bytes, verification_job
+from .collect.tracker import SessionTracker
 from .heap import chains
 from .heap.census import CensusManager
 from .heap.snapshots import SnapshotManager
-from .heap.worker import HeapWorkBusy, HeapWorker
+from .heap.worker import HeapWorker
 from .options import MemwatchOptions
 from .sampler import Sampler
 from .schema import ORPHAN_LISTS, SESSION_COUNTS, WORKER_FIELDS, proven_leaks
@@ -63,9 +64,6 @@ log = logging.getLogger(__name__)
 __all__ = (
     "Applications",
     "Monitor",
-    "SessionAlive",
-    "SessionCollected",
-    "UnknownSession",
 )
 
 
@@ -77,14 +75,6 @@ Applications: TypeAlias = (
 
 #: Time an API request may spend refreshing per-Model figures of destroyed sessions.
 ON_DEMAND_BUDGET_S = 0.05
-
-#: Chain answers kept at most (each under ``chain_max_depth`` hops); older ones go first.
-CHAIN_CACHE_ENTRIES = 64
-
-
-class UnknownSession(LookupError):
-    """ No session with that id was ever seen (or it was forgotten). """
-
 
 class Monitor:
     """ Memory diagnostics for one Bokeh server process: everything but the
@@ -111,26 +101,24 @@ class Monitor:
         )
         self.store: SampleStore | None = None
         self.sampler: Sampler | None = None
-        self.heap_worker = HeapWorker(max_concurrent=1, fork_mode=self.options.heap_fork)  # type: ignore[arg-type]
-        #: Verifications of destroyed sessions have a worker of their own, so
-        #: that they never make a user's chain search or snapshot wait (429).
-        #: The same fork policy applies: no fork next to an unsafe thread pool.
-        self.verify_worker = HeapWorker(max_concurrent=1, fork_mode=self.options.heap_fork)  # type: ignore[arg-type]
-        plan = self.verify_worker.plan()
-        self.tracker.exact = plan.technique == "fork"
-        #: The last verification of destroyed sessions (see verify_destroyed);
-        #: ``fallback_reason``: why verdicts cannot come from a forked scan.
-        self.verification: dict[str, Any] = {"runs": 0, "last_error": None, "fallback_reason": plan.refused}
+        options = self.options
+        #: "Why alive?" searches and their cache, in the heap worker for user jobs.
+        self.why_alive = WhyAlive(
+            self.tracker, HeapWorker(max_concurrent=1, fork_mode=options.heap_fork),  # type: ignore[arg-type]
+            max_depth=options.chain_max_depth, timeout_s=options.chain_timeout_s, cache_s=options.chain_cache_s,
+            show_values=options.show_values,
+        )
+        #: Verifications of destroyed sessions, in a heap worker of their own.
+        self.verifier = Verifier(
+            self.tracker, HeapWorker(max_concurrent=1, fork_mode=options.heap_fork),  # type: ignore[arg-type]
+            timeout_s=options.verify_timeout_s,
+        )
         self._contexts: dict[str, ApplicationContext] = {}
         self._app_refs: weakref.WeakSet[Application] = weakref.WeakSet()
         self._io_loop: IOLoop | None = None
         self._tornado: weakref.ReferenceType[BokehTornado] | None = None
         self._pid: int | None = None
         self._started_at: float | None = None
-        #: session id -> (monotonic time, answer), oldest first; bounded by
-        #: ``chain_cache_entries`` and by age (``chain_cache_s``).
-        self._chain_cache: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.chain_cache_entries = CHAIN_CACHE_ENTRIES
         self._last_gc: float = float("-inf")
         self._process: ProcessCollector | None = None
         self.snapshots: SnapshotManager | None = None
@@ -150,6 +138,16 @@ class Monitor:
         self.recycler: Recycler | None = None
         self.http_server: HTTPServer | None = None
         self.forward_secret = secrets.token_urlsafe(32)
+
+    @property
+    def heap_worker(self) -> HeapWorker:
+        """ The heap worker of user jobs (chains, snapshots, the census); may
+        be replaced before :meth:`start`. """
+        return self.why_alive.heap_worker
+
+    @heap_worker.setter
+    def heap_worker(self, worker: HeapWorker) -> None:
+        self.why_alive.heap_worker = worker
 
     # -- wiring -------------------------------------------------------------
 
@@ -197,8 +195,7 @@ class Monitor:
 
     def session_destroyed(self, app_path: str, session_id: str) -> None:
         self.tracker.session_destroyed(session_id)
-        self._chain_cache.pop(session_id, None)
-        self._prune_chain_cache()
+        self.why_alive.forget(session_id)
         # Verify when its grace period ends, whatever the sampling interval.
         if self.sampler is not None and self.sampler.running:
             self.sampler.schedule_verification()
@@ -407,74 +404,19 @@ class Monitor:
 
     def verification_state(self) -> dict[str, Any]:
         """ How verdicts are reached, and the last verification's figures. """
-        sampler = self.sampler
         return {
-            **self.verification,
-            "technique": VERIFIED_BY_SCAN if self.tracker.exact else VERIFIED_BY_COLLECTIONS,
+            **self.verifier.state,
+            "technique": self.verifier.technique,
             "min_interval_s": self.options.verify_min_interval_s,
-            "scheduled_in_s": (
-                None if sampler is None or sampler._verify_timer is None
-                else round(max(0.0, sampler._verify_at - time.time()), 3)
-            ),
+            "scheduled_in_s": None if self.sampler is None else self.sampler.verification_due_in_s(),
         }
 
     async def verify_destroyed(self, *, include_proven: bool = True) -> dict[str, Any]:
         """ Verify the destroyed sessions due for it (and re-evaluate proven
         ones): a reachability scan in a forked heap worker child (see
-        :mod:`bokeh_memwatch.heap.reachability`); the loop pays the fork.
-
-        Returns the verification state.  Without a fork (or when the heap
-        worker cannot fork) verdicts fall back to the collector's schedule
-        and ``technique`` says so; nothing is collected here.  A busy heap
-        worker leaves the records pending for the next attempt.
-        """
-        loop_started = time.perf_counter()
-        plan = self.verify_worker.plan()
-        if plan.technique != "fork":
-            # The fork policy (no fork next to an unsafe native thread pool,
-            # heap_fork "never", no os.fork): verdicts fall back, and say why.
-            self.tracker.exact = False
-            self.verification["fallback_reason"] = plan.refused
-            return self.verification_state()
-        self.tracker.exact = True
-        self.verification["fallback_reason"] = None
-        groups = self.tracker.verification_groups(include_proven=include_proven)
-        if not groups:
-            return self.verification_state()
-        pid = os.getpid()
-        started = time.time()
-        prepare_s = time.perf_counter() - loop_started
-        try:
-            result = await self.verify_worker.run(
-                lambda: verification_job(groups, pid), timeout_s=self.options.verify_timeout_s, plan=plan,
-            )
-        except HeapWorkBusy as e:
-            self.verification["last_error"] = f"heap worker busy: {e}"
-            return self.verification_state()
-        except Exception as e:
-            self.verification["last_error"] = f"{type(e).__name__}: {e}"
-            if "NotFrozen" in str(e):
-                # The heap worker ran the job in this process (no fork allowed):
-                # no exact answer is possible; say how verdicts are reached instead.
-                self.tracker.exact = False
-            log.warning("memwatch: verification of destroyed sessions failed: %s", e)
-            return self.verification_state()
-        value = result.value
-        apply_started = time.perf_counter()
-        changed = self.tracker.apply_verification(value, verified_at=started)
-        # What the loop paid: choosing the records, the fork, applying the answer.
-        loop_s = prepare_s + (result.fork_s or 0.0) + time.perf_counter() - apply_started
-        self.verification.update({
-            "runs": int(self.verification.get("runs", 0)) + 1,
-            "last_at": started,
-            "last_error": None,
-            "last_records": len(value.get("records") or {}),
-            "last_changed": changed,
-            "last_objects": value.get("objects"),
-            "last_scan_s": value.get("scan_s"),
-            "last_loop_ms": round(loop_s * 1000, 3),
-            **{f"last_{k}": v for k, v in result.costs().items()},
-        })
+        :class:`~bokeh_memwatch.analyze.verification.Verifier`).  Returns the
+        verification state. """
+        await self.verifier.run(include_proven=include_proven)
         return self.verification_state()
 
     def cleanup_hooks(self) -> dict[str, dict[str, int]]:
@@ -548,118 +490,25 @@ class Monitor:
         return {"ran": True, "collected": collected, "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)}
 
     def cached_chain(self, session_id: str) -> dict[str, Any] | None:
-        """ The last chain searched for this session, if still fresh. """
-        if self.tracker.find(session_id) is None:
-            raise UnknownSession(session_id)
-        self._prune_chain_cache()
-        cached = self._chain_cache.get(session_id)
-        return None if cached is None else {**cached[1], "cached": True}
-
-    def _prune_chain_cache(self) -> None:
-        """ Drop chain answers older than ``chain_cache_s``, then the oldest
-        beyond ``chain_cache_entries``. """
-        cache, now = self._chain_cache, time.monotonic()
-        for key in [k for k, (t, _) in cache.items() if now - t >= self.options.chain_cache_s]:
-            del cache[key]
-        while len(cache) > max(0, self.chain_cache_entries):
-            del cache[next(iter(cache))]
+        """ The last chain searched for this session, if still fresh (see :class:`WhyAlive`). """
+        return self.why_alive.cached(session_id)
 
     async def chain(self, session_id: str) -> dict[str, Any]:
         """ Why is this destroyed session's Document (or Model) still alive?
-
-        Raises UnknownSession for an id never seen, LookupError subclasses
-        for a live or a fully collected session (see the views).
-        """
-        record = self.tracker.find(session_id)
-        if record is None:
-            raise UnknownSession(session_id)
-        if not record.destroyed:
-            raise SessionAlive(session_id)
-        self._prune_chain_cache()
-        cached = self._chain_cache.get(session_id)
-        if cached is not None:
-            return {**cached[1], "cached": True}
-        job, fields = self.prepare_chain(session_id, chains.capture_roots())
-        try:
-            outcome = await self.heap_worker.run(job, timeout_s=self.options.chain_timeout_s)
-        finally:
-            del job  # drops the roots' keep-alive references to threads
-        result: dict[str, Any] = {
-            **fields,
-            **outcome.value,
-            "text": chains.format_chain(outcome.value),
-            **outcome.costs(),
-            "cached": False,
-        }
-        self._chain_cache.pop(session_id, None)
-        self._chain_cache[session_id] = (time.monotonic(), result)
-        self._prune_chain_cache()
-        return result
+        See :meth:`WhyAlive.search` for the answer and the errors. """
+        return await self.why_alive.search(session_id)
 
     def prepare_chain(
         self, session_id: str, roots: chains.Roots,
     ) -> tuple[Callable[[], dict[str, Any]], dict[str, Any]]:
-        """ The search for why a destroyed session's Document (or Model) is
-        alive, to run in the heap worker, and the fields its answer carries.
-
-        Raises as :meth:`chain` does.  ``roots`` come from
-        :func:`chains.capture_roots`, taken on the loop just before the job
-        starts (one capture serves several searches).
-        """
-        record = self.tracker.find(session_id)
-        if record is None:
-            raise UnknownSession(session_id)
-        if not record.destroyed:
-            raise SessionAlive(session_id)
-        target_ref, target_type = _chain_target(record.doc_ref, record.alive_models())
-        if target_ref is None:
-            raise SessionCollected(session_id)
-        job = functools.partial(
-            _search_chain, target_ref, roots,
-            max_depth=self.options.chain_max_depth, deadline_s=self.options.chain_timeout_s * 0.8,
-            values=self.options.show_values,
-        )
-        return job, {"session_id": session_id, "app": record.app, "target": target_type}
+        """ A chain search to run in the heap worker (see :meth:`WhyAlive.prepare`). """
+        return self.why_alive.prepare(session_id, roots)
 
     def _rss_bytes(self) -> int | None:
         try:
             return (self._process or ProcessCollector()).rss_bytes()
         except Exception:
             return None
-
-
-class SessionAlive(LookupError):
-    """ The session is alive: the server holds its Document, as it should. """
-
-
-class SessionCollected(LookupError):
-    """ Nothing of the session is alive any more. """
-
-
-def _search_chain(
-    target_ref: weakref.ReferenceType[Any], roots: chains.Roots, *, max_depth: int, deadline_s: float,
-    values: bool = False,
-) -> dict[str, Any]:
-    """ The chain search itself; runs in the heap worker (a forked child). """
-    target = target_ref()
-    if target is None:
-        return {"chain": [], "root": None, "complete": False, "reason": "collected before the search"}
-    return chains.find_chain(target, roots=roots, max_depth=max_depth, deadline_s=deadline_s, values=values)
-
-
-def _chain_target(
-    doc_ref: weakref.ReferenceType[Any], models: Iterable[Any]
-) -> tuple[weakref.ReferenceType[Any] | None, str]:
-    if doc_ref() is not None:
-        return doc_ref, "Document"
-    from bokeh.models import ColumnDataSource
-
-    # The heaviest source first; with equal bytes (Bokeh clears a destroyed
-    # Model's properties) a data source rather than a Selection or a glyph.
-    best = max(models, key=lambda m: (source_bytes(m), isinstance(m, ColumnDataSource)), default=None)
-    if best is None:
-        return None, ""
-    return weakref.ref(best), type(best).__name__
 
 
 def versions() -> dict[str, str | None]:

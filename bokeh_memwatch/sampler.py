@@ -207,6 +207,12 @@ class Sampler:
         self._verify_at = at
         self._verify_timer = IOLoop.current().call_later(at - now, self._start_verification)
 
+    def verification_due_in_s(self) -> float | None:
+        """ Seconds until the armed verification runs (None: none is armed). """
+        if self._verify_timer is None:
+            return None
+        return round(max(0.0, self._verify_at - time.time()), 3)
+
     def _cancel_verify_timer(self) -> None:
         if self._verify_timer is not None:
             IOLoop.current().remove_timeout(self._verify_timer)

@@ -442,7 +442,7 @@ def test_forwarded_requests_are_not_loopback_clients(serve) -> None:
 
 def test_the_chain_cache_is_bounded_by_size_and_age(serve) -> None:
     mw = MemWatch(interval_ms=100, orphan_grace_ms=0, gc_min_interval_s=0, chain_cache_s=3600)
-    mw.chain_cache_entries = 3
+    mw.why_alive.cache_entries = 3
     server = serve({"/app": script_app("leak_global")}, memwatch=mw)
     ids = open_and_close_sessions(server.url + "/app", 5)
     wait_until(lambda: api(server.url, "summary")["sessions_destroyed_total"] >= 5)
@@ -451,7 +451,7 @@ def test_the_chain_cache_is_bounded_by_size_and_age(serve) -> None:
     for sid in ids:
         assert not api(server.url, f"orphans/{sid}/chain", "POST")["cached"]
     # Size: the three newest answers are kept, the oldest went first.
-    assert server.call(lambda: list(mw._chain_cache)) == ids[2:]
+    assert server.call(lambda: list(mw.why_alive.cache)) == ids[2:]
     for sid in ids[:2]:
         api(server.url, f"orphans/{sid}/chain", expect=404)
     for sid in ids[2:]:
@@ -464,7 +464,7 @@ def test_the_chain_cache_is_bounded_by_size_and_age(serve) -> None:
     api(server2.url, "gc", "POST")
     wait_until(lambda: api(server2.url, "summary")["orphans"] == 2, what="2 orphans")
     api(server2.url, f"orphans/{first}/chain", "POST")
-    assert server2.call(lambda: first in young._chain_cache)
+    assert server2.call(lambda: first in young.why_alive.cache)
     time.sleep(0.6)  # past chain_cache_s: a lower bound, not a race
     api(server2.url, f"orphans/{second}/chain", "POST")
-    assert server2.call(lambda: list(young._chain_cache)) == [second]
+    assert server2.call(lambda: list(young.why_alive.cache)) == [second]

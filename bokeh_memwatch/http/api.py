@@ -40,9 +40,9 @@ from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from bokeh.settings import settings as bokeh_settings
 from tornado.web import HTTPError, RequestHandler
 
+from ..analyze.why_alive import SessionAlive, SessionCollected, UnknownSession
 from ..cluster.forwarding import is_loopback
 from ..heap.worker import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
-from ..monitor import SessionAlive, SessionCollected, UnknownSession
 from ..saferepr import merge_json_objects, render_json
 
 if TYPE_CHECKING:

@@ -700,7 +700,7 @@ class LeakCheck:
 
 
 def _target_kind(row: Mapping[str, Any]) -> str:
-    """ What a chain search targets for this row (see ``core._chain_target``). """
+    """ What a chain search targets for this row (see :func:`bokeh_memwatch.analyze.why_alive.chain_target`). """
     if row.get("document_alive"):
         return "Document"
     types = row.get("model_types") or {}

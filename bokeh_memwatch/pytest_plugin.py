@@ -59,7 +59,7 @@ class LeakReport:
         self.session_errors: dict[str, Any] = app.get("session_errors") or {}
 
     def text(self) -> str:
-        from .testing.leakcheck import render_text
+        from .report.text import render_text
 
         return render_text(self.data)
 
@@ -125,9 +125,9 @@ def memwatch_leak_check() -> Iterator[Callable[..., LeakReport]]:
     def check(
         app: str | os.PathLike[str] | Application | Callable[[Document], None],
         *,
-        sessions: int = 5,
-        rounds: int = 2,
-        tolerance: int = 0,
+        sessions: int | None = None,
+        rounds: int | None = None,
+        tolerance: int | None = None,
         session_args: Mapping[str, str] | None = None,
         argv: list[str] | None = None,
         panel: bool | None = None,
@@ -135,14 +135,15 @@ def memwatch_leak_check() -> Iterator[Callable[..., LeakReport]]:
         **server_kwargs: Any,
     ) -> LeakReport:
         from .memwatch import MemWatch
-        from .testing.leakcheck import CheckOptions, LeakCheck
+        from .testing.leakcheck import CHECK_MEMWATCH_OPTIONS, CheckOptions, LeakCheck
         from .testing.server import ServerThread
 
-        options = CheckOptions(sessions=sessions, rounds=rounds, tolerance=tolerance,
+        # None: CheckOptions' default, the one 'bokeh-memwatch check' shows.
+        given = {"sessions": sessions, "rounds": rounds, "tolerance": tolerance}
+        options = CheckOptions(**{k: v for k, v in given.items() if v is not None},
                                session_args=dict(session_args or {}), max_chains=max_chains)
         path, application = _application(app, argv=argv, panel=panel)
-        memwatch = MemWatch(interval_ms=500, orphan_grace_ms=0, gc_min_interval_s=0, history_dir="none",
-                            census_interval_s=0)
+        memwatch = MemWatch(**CHECK_MEMWATCH_OPTIONS)
         server = ServerThread({path: application}, memwatch, **server_kwargs).start()
         servers.append(server)
         try:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bokeh_memwatch.analyze.advice import SECTIONS, advise, grows
-from bokeh_memwatch.testing.leakcheck import chain_key, judge, passes
+from bokeh_memwatch.analyze.leak_verdict import chain_key, judge, passes
 
 from .conftest import PYTHON, ROOT, api, open_and_close_sessions, script_app, wait_until
 

@@ -28,12 +28,15 @@ from bokeh.command.subcommand import Argument
 from bokeh.command.util import die
 
 from ..options import MemwatchOptions, flag_given
-from ..testing.leakcheck import CheckOptions, LeakCheck, looks_like_panel, parse_session_args, render_text
+from ..report.text import render_text
+from ..testing.leakcheck import CHECK_MEMWATCH_OPTIONS, CheckOptions, LeakCheck, looks_like_panel, parse_session_args
 from .serve import MemwatchServe
 
 log = logging.getLogger(__name__)
 
 __all__ = ("MemwatchCheck",)
+
+_DEFAULTS = CheckOptions()
 
 #: Session lifetimes of the check unless given (milliseconds).
 FAST_CHECK_MS = 100
@@ -63,18 +66,19 @@ class MemwatchCheck(MemwatchServe):
     args = (
         *_server_args(),
         ("--sessions", Argument(
-            metavar="N", type=int, default=5,
-            help="Sessions opened and closed per round (default: 5); some one after another, some at once, "
+            metavar="N", type=int, default=_DEFAULTS.sessions,
+            help=f"Sessions opened and closed per round (default: {_DEFAULTS.sessions}); some one after another, "
+                 "some at once, "
                  "half over the websocket (pull_session), half as plain page loads",
         )),
         ("--rounds", Argument(
-            metavar="R", type=int, default=2,
-            help="Rounds of sessions (default: 2); retention that grows between rounds is a leak",
+            metavar="R", type=int, default=_DEFAULTS.rounds,
+            help=f"Rounds of sessions (default: {_DEFAULTS.rounds}); retention that grows between rounds is a leak",
         )),
         ("--tolerance", Argument(
-            metavar="K", type=int, default=0,
+            metavar="K", type=int, default=_DEFAULTS.tolerance,
             help="Destroyed sessions that may still hold memory at the end without failing, "
-                 "if retention does not grow (default: 0)",
+                 f"if retention does not grow (default: {_DEFAULTS.tolerance})",
         )),
         ("--session-args", Argument(
             metavar="KEY=VALUE", action="append",
@@ -86,8 +90,8 @@ class MemwatchCheck(MemwatchServe):
                  "the clients (detected from 'import panel' in the script)",
         )),
         ("--max-chains", Argument(
-            metavar="N", type=int, default=6,
-            help="Reference chains searched at most per app (default: 6)",
+            metavar="N", type=int, default=_DEFAULTS.max_chains,
+            help=f"Reference chains searched at most per app (default: {_DEFAULTS.max_chains})",
         )),
         ("--settle-timeout", Argument(
             metavar="SECONDS", type=float, default=None,
@@ -114,14 +118,7 @@ class MemwatchCheck(MemwatchServe):
 
     def options(self, args: argparse.Namespace) -> MemwatchOptions:
         base = super().options(args)
-        # The check takes its own census after every round.
-        changes: dict[str, Any] = {"gc_min_interval_s": 0.0, "census_interval_s": 0.0}
-        if not flag_given(args, "orphan_grace_ms"):
-            changes["orphan_grace_ms"] = 0
-        if not flag_given(args, "interval_ms"):
-            changes["interval_ms"] = 500
-        if not flag_given(args, "history_dir"):
-            changes["history_dir"] = "none"  # a leak test keeps no history across runs
+        changes = {name: value for name, value in CHECK_MEMWATCH_OPTIONS.items() if not flag_given(args, name)}
         return dataclasses.replace(base, **changes)
 
     def invoke(self, args: argparse.Namespace) -> NoReturn:

@@ -1,5 +1,6 @@
-""" Text renderers of reports and allocator rows, for the command line
-(``bokeh-memwatch diff`` and ``report``). """
+""" Text renderers for the command line: allocator rows and the JSON bug
+report (``bokeh-memwatch diff`` and ``report``), and the leak check's report
+(``bokeh-memwatch check``, the pytest plugin's failure message). """
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 __all__ = (
     "format_allocators",
     "format_report",
+    "render_text",
 )
 
 def format_allocators(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -98,3 +100,73 @@ def format_report(report: Mapping[str, Any], *, limit: int = 15) -> str:
     section("Settings")
     out.append("  " + json.dumps(settings, sort_keys=True))
     return "\n".join(out).lstrip("\n") + "\n"
+
+
+# -- the leak check --------------------------------------------------------------------
+
+
+def _census_lines(census: Mapping[str, Any]) -> list[str]:
+    if not census.get("ran"):
+        reason = "; ".join(census.get("errors") or ()) or "not run"
+        return [f"  census of live objects by type: not taken ({reason}); only Documents and Models were checked"]
+    growing = [r for r in census.get("growing") or () if not r.get("generic")]
+    if not growing:
+        return [f"  census of live objects by type: no type grew with the {census.get('closed_between')} "
+                "session(s) closed between the first and the last round"]
+    lines = ["  types growing with closed sessions (census):"]
+    for row in growing[:10]:
+        lines.append(f"    {row['type']}: +{row['growth_per_session']:g} per session, "
+                     f"{format_bytes(row['bytes_per_session'])} per session (shallow), {row['count']} alive")
+        if row.get("holder"):
+            size = row.get("instance_bytes")
+            lines.append(f"      held by: {row['holder']}"
+                         + (f" ({format_bytes(size)} reachable from one)" if size else ""))
+    return lines
+
+
+def render_text(report: Mapping[str, Any]) -> str:
+    """ The report for people. """
+    lines: list[str] = []
+    for path, app in report["apps"].items():
+        per = app["per_closed_session"]
+        lines.append(f"{path}: {app['verdict'].upper()} ({'pass' if app['passed'] else 'FAIL'}, "
+                     f"tolerance {report['tolerance']} retained session(s))")
+        lines.append(f"  sessions opened and closed: {app['sessions']} "
+                     f"({report['rounds']} rounds of {report['sessions_per_round']})")
+        for r in app["rounds"]:
+            lines.append(
+                f"  after round {r['round']} ({r['sessions_closed_total']} closed): "
+                f"{r['holding_sessions']} session(s) still holding memory, {r['documents']} Document(s), "
+                f"{r['models']} Model(s), {format_bytes(r['data_bytes'])} in ColumnDataSources, "
+                f"RSS {format_bytes(r['rss_bytes'])}"
+            )
+        lines.append(
+            f"  retained per closed session: {per['documents']:g} Documents, {per['models']:g} Models, "
+            f"{format_bytes(per['data_bytes'])}; RSS growth per session "
+            f"{format_bytes(app['rss_growth_bytes_per_session'])}"
+        )
+        if app["model_types"]:
+            lines.append("  retained Model types: " + ", ".join(f"{n} {t}" for t, n in app["model_types"].items()))
+        lines.extend(_census_lines(app.get("census") or {}))
+        for error in app["app_errors"]:
+            head, _, rest = str(error).partition("\n")
+            lines.append(f"  app error: {head}")
+            lines.extend(f"    {line}" for line in rest.rstrip().splitlines()[-12:])
+        if app["chains"]:
+            lines.append("  why alive (reference chains, deduplicated):")
+            for c in app["chains"]:
+                text = c["text"] or f"(no chain: {c.get('reason') or 'unknown'})"
+                lines.append(f"    {c['count']} x {c['target']} (of {c['retained_of_kind']} retained): {text}")
+        if app["advice"]:
+            lines.append("  advice:")
+            for a in app["advice"]:
+                lines.append(f"    [{a['severity']}] {a['title']}")
+                lines.append(f"      evidence: {a['evidence']}")
+                lines.append(f"      fix: {a['fix']}")
+                lines.append(f"      see: {a['article_section']}")
+        lines.append("")
+    verdict = report["verdict"]
+    if not report.get("served", True):
+        lines.append("the app served no session: no verdict")
+    lines.append(f"verdict: {verdict} -> exit {report['exit_code']}")
+    return "\n".join(lines)

@@ -20,10 +20,11 @@ growing leak (retention grows with the number of sessions) from a bounded
 one (a "last session" slot), see :func:`judge`.  Finally it asks memwatch
 why the retained objects are alive (the reference chain to their holder),
 deduplicated by text, and what the memory checklist says (:mod:`.advice`).
+The verdicts are :mod:`bokeh_memwatch.analyze.leak_verdict`'s.
 
 The driver runs in its own thread with blocking clients; everything that
 touches memwatch runs on the server's IOLoop.  Results are plain data;
-:func:`render_text` renders them for people.
+:func:`bokeh_memwatch.report.text.render_text` renders them for people.
 """
 from __future__ import annotations
 
@@ -44,11 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..analyze.advice import census_advice, grows
+from ..analyze.advice import census_advice
+from ..analyze.leak_verdict import VERDICTS, census_chains, combine, dedupe_chains, judge, judge_census, passes
 from ..collect.process import ProcessCollector
 from ..collect.tracker import TIMER_MARGIN_S
 from ..heap.census import CensusManager
-from ..schema import PROVEN_STATES, UNJUDGED_STATES, format_bytes
+from ..schema import PROVEN_STATES, UNJUDGED_STATES
 
 if TYPE_CHECKING:
     from bokeh.application import Application
@@ -59,15 +61,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = (
-    "VERDICTS",
+    "CHECK_MEMWATCH_OPTIONS",
     "CheckOptions",
     "LeakCheck",
-    "chain_key",
-    "judge",
     "looks_like_panel",
     "parse_session_args",
-    "passes",
-    "render_text",
 )
 
 T = TypeVar("T")
@@ -76,8 +74,6 @@ T = TypeVar("T")
 #: Longest wait for destroyed sessions to be judged (timers holding them due).
 MAX_JUDGE_WAIT_S = 600.0
 
-#: Verdicts, best first.
-VERDICTS = ("clean", "bounded", "leak")
 
 #: How the i-th session of a round is opened (cycled).
 SESSION_KINDS = ("websocket", "http", "websocket-concurrent", "http-concurrent")
@@ -130,7 +126,21 @@ class CheckOptions:
             raise ValueError(f"max_chains must be >= 0, got {self.max_chains}")
 
 
-# -- judging (pure) --------------------------------------------------------------
+#: What a leak check changes in memwatch's defaults (``bokeh-memwatch check``
+#: and the pytest plugin; an option given on the command line wins): samples
+#: every 500 ms, verdicts without a grace period, collections on demand, no
+#: history kept across runs, and no periodic census (the check takes its own
+#: after every round).
+CHECK_MEMWATCH_OPTIONS: Mapping[str, Any] = {
+    "interval_ms": 500,
+    "orphan_grace_ms": 0,
+    "gc_min_interval_s": 0.0,
+    "history_dir": "none",
+    "census_interval_s": 0.0,
+}
+
+
+# -- inputs ------------------------------------------------------------------------
 
 _PANEL_IMPORT = re.compile(r"^\s*(import\s+panel\b|from\s+panel\b)", re.MULTILINE)
 
@@ -159,108 +169,6 @@ def looks_like_panel(paths: list[str]) -> bool:
                 continue
     return False
 
-
-
-_GROWTH_KEYS = ("holding_sessions", "documents", "models")
-
-
-def judge(rounds: Sequence[Mapping[str, Any]]) -> str:
-    """ ``clean``: nothing held after the last round; ``leak``: retention
-    grew from the first round to the last; ``bounded``: held, not growing. """
-    last = rounds[-1]
-    if not any(int(last.get(k) or 0) for k in _GROWTH_KEYS):
-        return "clean"
-    if len(rounds) > 1 and grows(rounds[0], last):
-        return "leak"
-    return "bounded"
-
-
-def judge_census(census: Mapping[str, Any]) -> str:
-    """ ``leak`` when some application type grew with closed sessions
-    between the first and the last round's census, else ``clean`` (the
-    Document/Model verdict, :func:`judge`, covers the rest). """
-    return "leak" if any(not row.get("generic") for row in census.get("growing") or ()) else "clean"
-
-
-def census_chains(census: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """ The holder chains the census found, as check chains. """
-    out = []
-    for row in census.get("growing") or ():
-        if row.get("holder"):
-            out.append({"target": row["type"], "count": 1, "retained_of_kind": int(row["growth"]),
-                        "text": row["holder"], "root": None, "complete": bool(row.get("holder_complete")),
-                        "reason": None, "sessions": [], "source": "census"})
-    return out
-
-
-def passes(verdict: str, rounds: Sequence[Mapping[str, Any]], tolerance: int) -> bool:
-    """ Clean, or bounded within the tolerance (in destroyed sessions). """
-    if verdict == "clean":
-        return True
-    return verdict == "bounded" and int(rounds[-1].get("holding_sessions") or 0) <= tolerance
-
-
-_KEY_PATTERNS = (
-    (re.compile(r"bokeh_app_[0-9a-f]+"), "bokeh_app_*"),
-    (re.compile(r"'[A-Za-z0-9_-]{20,}'"), "'…'"),  # session ids as dict keys
-    (re.compile(r"\d+"), "#"),  # list indexes, thread numbers
-)
-
-
-def chain_key(text: str) -> str:
-    """ What makes two chains "the same holder": the text without indexes,
-    numbers, session ids and per-session module names. """
-    for pattern, replacement in _KEY_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def dedupe_chains(found: Sequence[Mapping[str, Any]], kinds: Mapping[str, int]) -> list[dict[str, Any]]:
-    """ Group searched chains by :func:`chain_key`; most frequent first. """
-    groups: dict[tuple[str, str], dict[str, Any]] = {}
-    for chain in found:
-        target = str(chain.get("target") or "?")
-        key = (target, chain_key(str(chain.get("text") or chain.get("reason") or "")))
-        group = groups.get(key)
-        if group is None:
-            groups[key] = {
-                "target": target,
-                "count": 1,
-                "retained_of_kind": kinds.get(target, 0),
-                "text": chain.get("text") or "",
-                "root": chain.get("root"),
-                "complete": bool(chain.get("complete")),
-                "reason": chain.get("reason"),
-                "sessions": [chain.get("session_id")],
-            }
-        else:
-            group["count"] += 1
-            group["sessions"].append(chain.get("session_id"))
-    return sorted(groups.values(), key=lambda g: (-g["count"], g["target"]))
-
-
-def combine(apps: Mapping[str, Mapping[str, Any]], options: CheckOptions) -> dict[str, Any]:
-    """ The whole report: totals over the apps, the worst verdict, per app. """
-    verdict = max((a["verdict"] for a in apps.values()), key=VERDICTS.index, default="clean")
-    ok = all(a["passed"] for a in apps.values())
-    # Errors in some sessions do not hide the verdict; an app that served
-    # no session at all has none worth the name.
-    served = all((a.get("session_errors") or {}).get("served", True) for a in apps.values())
-    report: dict[str, Any] = {
-        "verdict": verdict,
-        "passed": ok,
-        "served": served,
-        "exit_code": 2 if not served else 0 if ok else 1,
-        "tolerance": options.tolerance,
-        "sessions_per_round": options.sessions,
-        "rounds": options.rounds,
-    }
-    for key in ("sessions", "documents_retained", "models_retained", "data_bytes_retained"):
-        report[key] = sum(int(a[key]) for a in apps.values())
-    report["chains"] = [{**c, "app": path} for path, a in apps.items() for c in a["chains"]]
-    report["advice"] = [item for a in apps.values() for item in a["advice"]]
-    report["apps"] = dict(apps)
-    return report
 
 
 # -- driving a server ---------------------------------------------------------------
@@ -705,73 +613,3 @@ def _target_kind(row: Mapping[str, Any]) -> str:
         return "Document"
     types = row.get("model_types") or {}
     return "ColumnDataSource" if "ColumnDataSource" in types else (next(iter(types), "Model"))
-
-
-# -- rendering ---------------------------------------------------------------------------
-
-
-def _census_lines(census: Mapping[str, Any]) -> list[str]:
-    if not census.get("ran"):
-        reason = "; ".join(census.get("errors") or ()) or "not run"
-        return [f"  census of live objects by type: not taken ({reason}); only Documents and Models were checked"]
-    growing = [r for r in census.get("growing") or () if not r.get("generic")]
-    if not growing:
-        return [f"  census of live objects by type: no type grew with the {census.get('closed_between')} "
-                "session(s) closed between the first and the last round"]
-    lines = ["  types growing with closed sessions (census):"]
-    for row in growing[:10]:
-        lines.append(f"    {row['type']}: +{row['growth_per_session']:g} per session, "
-                     f"{format_bytes(row['bytes_per_session'])} per session (shallow), {row['count']} alive")
-        if row.get("holder"):
-            size = row.get("instance_bytes")
-            lines.append(f"      held by: {row['holder']}"
-                         + (f" ({format_bytes(size)} reachable from one)" if size else ""))
-    return lines
-
-
-def render_text(report: Mapping[str, Any]) -> str:
-    """ The report for people. """
-    lines: list[str] = []
-    for path, app in report["apps"].items():
-        per = app["per_closed_session"]
-        lines.append(f"{path}: {app['verdict'].upper()} ({'pass' if app['passed'] else 'FAIL'}, "
-                     f"tolerance {report['tolerance']} retained session(s))")
-        lines.append(f"  sessions opened and closed: {app['sessions']} "
-                     f"({report['rounds']} rounds of {report['sessions_per_round']})")
-        for r in app["rounds"]:
-            lines.append(
-                f"  after round {r['round']} ({r['sessions_closed_total']} closed): "
-                f"{r['holding_sessions']} session(s) still holding memory, {r['documents']} Document(s), "
-                f"{r['models']} Model(s), {format_bytes(r['data_bytes'])} in ColumnDataSources, "
-                f"RSS {format_bytes(r['rss_bytes'])}"
-            )
-        lines.append(
-            f"  retained per closed session: {per['documents']:g} Documents, {per['models']:g} Models, "
-            f"{format_bytes(per['data_bytes'])}; RSS growth per session "
-            f"{format_bytes(app['rss_growth_bytes_per_session'])}"
-        )
-        if app["model_types"]:
-            lines.append("  retained Model types: " + ", ".join(f"{n} {t}" for t, n in app["model_types"].items()))
-        lines.extend(_census_lines(app.get("census") or {}))
-        for error in app["app_errors"]:
-            head, _, rest = str(error).partition("\n")
-            lines.append(f"  app error: {head}")
-            lines.extend(f"    {line}" for line in rest.rstrip().splitlines()[-12:])
-        if app["chains"]:
-            lines.append("  why alive (reference chains, deduplicated):")
-            for c in app["chains"]:
-                text = c["text"] or f"(no chain: {c.get('reason') or 'unknown'})"
-                lines.append(f"    {c['count']} x {c['target']} (of {c['retained_of_kind']} retained): {text}")
-        if app["advice"]:
-            lines.append("  advice:")
-            for a in app["advice"]:
-                lines.append(f"    [{a['severity']}] {a['title']}")
-                lines.append(f"      evidence: {a['evidence']}")
-                lines.append(f"      fix: {a['fix']}")
-                lines.append(f"      see: {a['article_section']}")
-        lines.append("")
-    verdict = report["verdict"]
-    if not report.get("served", True):
-        lines.append("the app served no session: no verdict")
-    lines.append(f"verdict: {verdict} -> exit {report['exit_code']}")
-    return "\n".join(lines)

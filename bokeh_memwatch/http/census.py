@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 from tornado.web import HTTPError
 
 from ..heap.census import CensusManager, CensusUnavailable
-from ..heap.worker import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
-from .api import JSONHandler, json_body, no_query_args
+from .base import JSONHandler, json_body, no_query_args
 
 if TYPE_CHECKING:
     pass
@@ -27,6 +26,9 @@ __all__ = ("CensusHandler",)
 
 class CensusHandler(JSONHandler):
     """ ``GET``: the state; ``POST``: take a census, then the state. """
+
+    job = "census"
+    busy_retry_after_s = 5  # a census takes longer than a chain search
 
     @property
     def census(self) -> CensusManager:
@@ -46,21 +48,11 @@ class CensusHandler(JSONHandler):
             raise HTTPError(400, reason=f"census takes no parameters, got {', '.join(sorted(body))[:80]}")
         census = self.census
         try:
-            state = await census.run()
-        except CensusUnavailable as e:
+            state = await self.run(census.run())
+        except CensusUnavailable as e:  # rate-limited: an answer with the state, not an error
             if e.retry_after_s is None:
                 raise HTTPError(501, reason=str(e)) from None
             self.set_header("Retry-After", str(max(1, math.ceil(e.retry_after_s))))
             self.write_json({"error": str(e), "retry_after_s": e.retry_after_s, **census.state()}, status=429)
             return
-        except HeapWorkBusy:
-            self.set_header("Retry-After", "5")
-            raise HTTPError(429, reason="another heap job is running; retry shortly") from None
-        except ForkRefused as e:
-            raise HTTPError(409, reason=str(e)) from None
-        except HeapWorkTimeout:
-            raise HTTPError(504, reason="the census ran out of time; the heap may be very large") from None
-        except HeapWorkError as e:
-            log.warning("memwatch census failed: %s", e)
-            raise HTTPError(503, reason="the census failed in its worker (logged on the server)") from None
         self.write_json(state)

@@ -29,7 +29,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from .._version import __version__
 from ..schema import APP_GAUGES, METRIC_PREFIX, PROCESS_COUNTERS, PROCESS_GAUGES
-from .api import JSONHandler, no_query_args
+from .base import JSONHandler, no_query_args
 from .probes import recycle_metrics
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from tornado.web import RequestHandler
 
-from .api import JSONHandler, check_same_origin, no_query_args
+from .base import JSONHandler, check_same_origin, no_query_args
 
 if TYPE_CHECKING:
     from ..monitor import Monitor

@@ -11,25 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 from tornado.web import HTTPError
 
 from ..heap.allocations import GROUPS, Group
 from ..heap.snapshots import (
-    BaselineMissing,
-    NotTracing,
-    SnapshotError,
     SnapshotManager,
-    SnapshotTooLarge,
-    UnknownSnapshot,
 )
 from ..heap.types import MAX_TYPE_ROWS
-from ..heap.worker import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
 from ..report.bug_report import build_report
-from .api import JSONHandler, int_arg, json_body, no_query_args
+from .base import JSONHandler, int_arg, json_body, no_query_args
 
 if TYPE_CHECKING:
     pass
@@ -51,12 +43,12 @@ T = TypeVar("T")
 
 _DOWNLOAD_CHUNK_BYTES = 256 * 1024
 
-_NOT_TRACING = ("tracemalloc is not tracing: POST api/tracemalloc {\"action\": \"start\", \"frames\": N} "
-                "or start the server with --memwatch-tracemalloc N")
-
 
 class SnapshotHandler(JSONHandler):
-    """ Base: the manager, and one mapping of errors to statuses. """
+    """ Base: the manager; a ValueError of its arguments is the client's (400). """
+
+    client_errors = (ValueError,)
+    timeout_hint = " (see snapshot_timeout_s)"
 
     @property
     def manager(self) -> SnapshotManager:
@@ -64,36 +56,6 @@ class SnapshotHandler(JSONHandler):
         if manager is None or manager.directory is None:
             raise HTTPError(503, reason="memwatch has not started in this process yet")
         return manager
-
-    async def run(self, work: Awaitable[T]) -> T:
-        with self.errors():
-            return await work
-
-    @contextmanager
-    def errors(self) -> Iterator[None]:
-        try:
-            yield
-        except HTTPError:
-            raise
-        except NotTracing:
-            raise HTTPError(409, reason=_NOT_TRACING) from None
-        except (UnknownSnapshot, BaselineMissing) as e:
-            raise HTTPError(404 if isinstance(e, UnknownSnapshot) else 409, reason=str(e)) from None
-        except SnapshotTooLarge as e:
-            raise HTTPError(507, reason=str(e)) from None
-        except HeapWorkBusy:
-            self.set_header("Retry-After", "2")
-            raise HTTPError(429, reason="another heap job is running; retry shortly") from None
-        except HeapWorkTimeout:
-            raise HTTPError(504, reason="the heap job ran out of time; the heap may be very large "
-                                        "(see snapshot_timeout_s)") from None
-        except ForkRefused as e:
-            raise HTTPError(409, reason=str(e)) from None
-        except HeapWorkError as e:
-            log.warning("memwatch heap job failed: %s", e)
-            raise HTTPError(503, reason="the heap job failed in its worker (logged on the server)") from None
-        except (SnapshotError, ValueError) as e:
-            raise HTTPError(409 if isinstance(e, SnapshotError) else 400, reason=str(e)[:300]) from None
 
     def compare_arg(self, *, allowed_ids: bool = True) -> str | None:
         compare = self.get_query_argument("compare", None) or None

@@ -53,7 +53,7 @@ from bokeh.resources import Resources
 from bokeh.server.views.static_handler import StaticHandler
 from bokeh.settings import settings
 
-from ..http.api import JSONHandler, float_arg, int_arg, no_query_args
+from ..http.base import JSONHandler, float_arg, int_arg, no_query_args
 
 if TYPE_CHECKING:
     from bokeh.models import LayoutDOM

@@ -1,18 +1,22 @@
-""" The MemWatch object: the one place that knows every layer.
+""" The Monitor: memwatch for one Bokeh server process, everything but its routes.
 
-It owns, per process, the session tracker, the sample store, the sampler and
-the heap worker, and wires them into a Bokeh server in any of three ways:
-
-* ``bokeh-memwatch serve``: :meth:`MemWatch.instrument` before the server is
-  built and :meth:`MemWatch.patterns` as ``extra_patterns``;
-* ``Server(apps, extra_patterns=...)``: the same two calls, or the one-call
-  helper :func:`bokeh_memwatch.memwatch_server`;
-* ``panel serve --plugins bokeh_memwatch.panel``: :meth:`MemWatch.attach` to
-  the running server.
+It builds, in ``__init__``, the session tracker, the "why alive" search
+(:class:`~bokeh_memwatch.analyze.why_alive.WhyAlive`) and the verifier of
+destroyed sessions; :meth:`Monitor.start` binds what belongs to one process
+and one loop (after any ``--num-procs`` fork): the store, the sampler, the
+snapshot and census managers, the cluster (history database, workers, memory
+limit) and the worker services.  It is also the Bokeh application handler's
+listener and answers the queries the API, the metrics and the reports ask
+(plain data).  :class:`bokeh_memwatch.MemWatch` adds the routes; the ways in
+(``bokeh-memwatch serve``, :func:`bokeh_memwatch.memwatch_server`, the Panel
+plugin) build that.
 
 Everything it reports is computed from weak references and counters; the
 heavy questions (why is this Document alive?) run in a forked child so the
 IOLoop keeps serving.
+
+Over 400 lines: the facade the handlers, the metrics and the reports read,
+with its lifecycle; each query is a few lines over the parts it owns.
 """
 from __future__ import annotations
 

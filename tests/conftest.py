@@ -90,7 +90,11 @@ def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | N
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             status, raw, hdrs = response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as e:
-        status, raw, hdrs = e.code, e.read(), dict(e.headers)
+        # Closed here: an unclosed HTTPError's file is closed again when the
+        # garbage collector frees it, in whatever later test, which fails
+        # there as an unraisable "I/O operation on closed file".
+        with e:
+            status, raw, hdrs = e.code, e.read(), dict(e.headers)
     text = raw.decode("utf-8", "replace")
     try:
         return status, hdrs, json.loads(text)

@@ -261,7 +261,8 @@ def _send(request: urllib.request.Request) -> tuple[int, dict[str, str], Any]:
         with urllib.request.urlopen(request, timeout=60) as response:
             status, raw, headers = response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as e:
-        status, raw, headers = e.code, e.read(), dict(e.headers)
+        with e:  # see conftest.http
+            status, raw, headers = e.code, e.read(), dict(e.headers)
     try:
         return status, headers, json.loads(raw)
     except ValueError:

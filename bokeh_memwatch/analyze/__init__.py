@@ -1,2 +1,4 @@
-""" Judgements on plain data: the advice checklist and the memory-limit guard.
-Below the store; imports only ``heap``/``collect`` figures and ``saferepr``. """
+""" Judgements on what was measured: verification of destroyed sessions and
+"why alive?" (each a job for the heap worker), the advice checklist, the
+leak check's verdicts and the memory limit.  Above ``heap`` and ``collect``;
+imports neither tornado nor ``bokeh.server``. """

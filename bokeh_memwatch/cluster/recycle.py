@@ -22,6 +22,10 @@ of the container's memory limit, ``0.85``, or a size, ``1.5GiB``) for
    systemd (``Restart=on-failure``) and Kubernetes.
 
 This module imports neither ``tornado.web`` nor ``bokeh.server``.
+
+Over 400 lines: the recycler is one state machine (serving, pending, draining,
+exiting) with the lease that keeps workers from draining together; its parts
+only make sense together.
 """
 from __future__ import annotations
 

@@ -30,6 +30,11 @@ period and after a full collection since the destroy) and says so in
 
 It holds only weak references, ids and type names: it never keeps what it
 watches alive.  It imports neither tornado nor ``bokeh.server``.
+
+Over 400 lines: one state machine per destroyed session (pending, awaiting
+collection, held by timers, orphan, retained Models) and the per-tick
+observation that feeds it; the verdict rules and the records they read must
+change together.
 """
 from __future__ import annotations
 

@@ -26,6 +26,10 @@ every ``interval_s`` when sessions were closed since the last one, at most
 one per ``min_interval_s``) and answers the API, the metrics and the advice.
 
 This module imports neither tornado nor bokeh at import time.
+
+Over 400 lines: the census job (run in the heap worker), the growth analysis
+across censuses and the manager that schedules them share the census' row
+format; they change together.
 """
 from __future__ import annotations
 

@@ -17,6 +17,10 @@ modelled on objgraph's ``find_backref_chain`` with three differences:
   inspected once it returns.
 
 This module imports neither tornado nor ``bokeh.server``.
+
+Over 400 lines: the search, the roots it starts from and the names it gives
+each hop share one model of the heap (referents, frames, what counts as a
+root); split, each part would import the others' private helpers.
 """
 from __future__ import annotations
 

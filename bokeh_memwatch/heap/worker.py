@@ -35,6 +35,10 @@ is beyond reach: callbacks registered with ``os.register_at_fork`` and the
 clearing of other threads' thread states (their thread-local data).
 
 This module imports neither tornado nor bokeh.
+
+Over 400 lines: one lifecycle (the fork policy, the child's protocol, timeouts
+and reaping, the thread fallback, what each run cost) that every heap job goes
+through; its parts are only meaningful together.
 """
 from __future__ import annotations
 

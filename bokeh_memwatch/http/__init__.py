@@ -1,3 +1,4 @@
-""" The HTTP side: tornado handlers for the JSON API, snapshots, census, metrics,
-probes and forwarding to the worker that owns an object.  The only layer (with ``ui``
-and the ways in) that imports ``tornado.web`` and ``bokeh.server``. """
+""" The HTTP side: the one base handler (``base``), the JSON API, snapshots,
+census, metrics and probes.  The first layer free to import ``tornado.web``
+and ``bokeh.server``; the routes that mount these handlers are
+:mod:`bokeh_memwatch.routes`. """

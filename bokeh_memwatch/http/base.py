@@ -25,6 +25,11 @@ dashboard, the index, the summary or the metrics is let through.
 Nothing a client sends reaches a log line: the ``token`` query parameter (and
 the token itself, wherever it appears) is cut from the request's URL before
 tornado or memwatch logs it.
+
+Over 400 lines: every check a request passes before a handler runs (token,
+loopback, host, origin, forwarding) is here, once, next to the argument
+parsers and the error table; splitting it would spread the access rules over
+several files.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-""" Tornado handlers for the census (``census.py``), under
+""" Tornado handlers for the census (:mod:`bokeh_memwatch.heap.census`), under
 ``{prefix}/memwatch/api/census``.
 
 ``GET`` answers the kept censuses' growth at once (no heap work); ``POST``

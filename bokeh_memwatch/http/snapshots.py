@@ -1,4 +1,4 @@
-""" Tornado handlers for heap snapshots (``snapshots.py``), under
+""" Tornado handlers for heap snapshots (:mod:`bokeh_memwatch.heap.snapshots`), under
 ``{prefix}/memwatch/api/``.
 
 Each heavy request awaits the heap worker (a forked child); the handler

@@ -39,6 +39,9 @@ unusable, :meth:`HistoryDB.state` says ``enabled: false`` with the ``error``;
 a reopen is tried again every ``retry_s``.
 
 This module imports neither tornado nor ``bokeh.server``.
+
+Over 400 lines: the schema, its writer thread with its bounded queue, the size
+bound and the merged reads are one database's invariants.
 """
 from __future__ import annotations
 

@@ -25,6 +25,11 @@ The verdicts are :mod:`bokeh_memwatch.analyze.leak_verdict`'s.
 The driver runs in its own thread with blocking clients; everything that
 touches memwatch runs on the server's IOLoop.  Results are plain data;
 :func:`bokeh_memwatch.report.text.render_text` renders them for people.
+
+Over 400 lines: the driver is one sequence (open, close, settle, verify,
+measure, search chains, census) whose steps share the server thread's loop and
+timeouts; the verdicts (:mod:`bokeh_memwatch.analyze.leak_verdict`) and the
+text (:mod:`bokeh_memwatch.report.text`) live elsewhere.
 """
 from __future__ import annotations
 

@@ -14,6 +14,9 @@ buttons are Bokeh widgets whose ``CustomJS`` callbacks call into it.
 The one extra endpoint, ``api/dashboard/timeline``, is the history shaped for
 the plots: columns instead of rows, only the fields plotted, at most
 ``max_points`` points per window.
+
+Over 400 lines: the page's layout and its handlers; issue 14 reshapes this
+module, so it is moved here as it is.
 """
 from __future__ import annotations
 

@@ -103,7 +103,9 @@ class Monitor:
         self.tracker = SessionTracker(
             grace_s=self.options.orphan_grace_ms / 1000, max_destroyed=self.options.max_destroyed
         )
-        self.store: SampleStore | None = None
+        #: The in-memory history (the sampler appends to it from start() on).
+        self.store = SampleStore(self.options.capacity)
+        #: Made in start(): it needs the collectors, which are made after any fork.
         self.sampler: Sampler | None = None
         options = self.options
         #: "Why alive?" searches and their cache, in the heap worker for user jobs.
@@ -117,6 +119,19 @@ class Monitor:
             self.tracker, HeapWorker(max_concurrent=1, fork_mode=options.heap_fork),  # type: ignore[arg-type]
             timeout_s=options.verify_timeout_s,
         )
+        #: Snapshots, baseline and type summaries (start() makes their private directory).
+        self.snapshots = SnapshotManager(
+            self.heap_worker, max_snapshots=options.max_snapshots, max_snapshot_bytes=options.max_snapshot_bytes,
+            types_min_interval_s=options.types_min_interval_s, timeout_s=options.snapshot_timeout_s,
+        )
+        #: Censuses of live objects by type (start() schedules the periodic one).
+        self.census = CensusManager(
+            self.heap_worker, closed=lambda: self.tracker.destroyed_total,
+            live=lambda: sum(len(s) for s in self.live_sessions().values()),
+            interval_s=options.census_interval_s, min_interval_s=options.census_min_interval_s,
+            timeout_s=options.snapshot_timeout_s, chain_depth=options.chain_max_depth,
+            chain_timeout_s=options.chain_timeout_s,
+        )
         self._contexts: dict[str, ApplicationContext] = {}
         self._app_refs: weakref.WeakSet[Application] = weakref.WeakSet()
         self._io_loop: IOLoop | None = None
@@ -125,10 +140,8 @@ class Monitor:
         self._started_at: float | None = None
         self._last_gc: float = float("-inf")
         self._process: ProcessCollector | None = None
-        self.snapshots: SnapshotManager | None = None
-        #: Censuses of live objects by type (made in start()).
-        self.census: CensusManager | None = None
-        #: History database, workers, memory limit (made in start()).
+        #: History database, workers, memory limit (made in start(): its key
+        #: names the server's port and applications, known by then).
         self.cluster: Cluster | None = None
         #: The server's port, when the way in knows it (names its history).
         self.server_port: int | None = None
@@ -151,7 +164,7 @@ class Monitor:
 
     @heap_worker.setter
     def heap_worker(self, worker: HeapWorker) -> None:
-        self.why_alive.heap_worker = worker
+        self.why_alive.heap_worker = self.snapshots.heap_worker = self.census.heap_worker = worker
 
     # -- wiring -------------------------------------------------------------
 
@@ -224,6 +237,8 @@ class Monitor:
         any fork. """
         if self.sampler is not None and self._pid == os.getpid():
             return
+        if self._pid is not None:  # started in the process this one was forked from: not our samples
+            self.store = SampleStore(self.options.capacity)
         self._pid = os.getpid()
         self._started_at = time.time()
         self._io_loop = io_loop
@@ -231,7 +246,6 @@ class Monitor:
         self.cluster = Cluster(self, key=self._server_key())
         collectors = [*collectors, self.cluster.cgroup]
         self._process = next((c for c in collectors if isinstance(c, ProcessCollector)), None) or ProcessCollector()
-        self.store = SampleStore(self.options.capacity)
         from .cluster.workers import make_recycler, start_worker_services
 
         self.recycler = make_recycler(self)
@@ -250,22 +264,7 @@ class Monitor:
         start_worker_services(self)
         self.sampler.start(io_loop)
         log.info("memwatch sampling every %d ms in process %d", self.options.interval_ms, self._pid)
-        self.snapshots = SnapshotManager(
-            self.heap_worker, max_snapshots=self.options.max_snapshots,
-            max_snapshot_bytes=self.options.max_snapshot_bytes,
-            types_min_interval_s=self.options.types_min_interval_s, timeout_s=self.options.snapshot_timeout_s,
-        )
         self.snapshots.start()
-        self._start_census(io_loop)
-
-    def _start_census(self, io_loop: IOLoop | None) -> None:
-        self.census = CensusManager(
-            self.heap_worker, closed=lambda: self.tracker.destroyed_total,
-            live=lambda: sum(len(s) for s in self.live_sessions().values()),
-            interval_s=self.options.census_interval_s, min_interval_s=self.options.census_min_interval_s,
-            timeout_s=self.options.snapshot_timeout_s, chain_depth=self.options.chain_max_depth,
-            chain_timeout_s=self.options.chain_timeout_s,
-        )
         try:
             self.census.start()
         except RuntimeError:  # no running loop yet
@@ -276,12 +275,10 @@ class Monitor:
         from .cluster.workers import stop_worker_services
 
         stop_worker_services(self)
-        if self.census is not None:
-            self.census.stop()
+        self.census.stop()
         if self.sampler is not None:
             self.sampler.stop()
-        if self.snapshots is not None:
-            self.snapshots.stop()
+        self.snapshots.stop()
         if self.cluster is not None:
             self.cluster.stop()
 
@@ -312,7 +309,7 @@ class Monitor:
 
     def summary(self) -> dict[str, Any]:
         counts = self._observe()
-        latest = self.store.latest() if self.store is not None else None
+        latest = self.store.latest()
         now = time.time()
         result: dict[str, Any] = {
             "pid": os.getpid(),
@@ -356,9 +353,9 @@ class Monitor:
             "max_refresh_ms": round(sampler.max_refresh_ms, 3) if sampler else None,
             "errors_total": sampler.errors_total if sampler else 0,
             "failed_collectors": sampler.failed_collectors if sampler else [],
-            "samples": len(store) if store else 0,
-            "capacity": store.capacity if store else self.options.capacity,
-            "store_bytes": store.nbytes() if store else 0,
+            "samples": len(store),
+            "capacity": store.capacity,
+            "store_bytes": store.nbytes(),
             "registry_bytes": self.tracker.nbytes(),
         }
 
@@ -452,7 +449,7 @@ class Monitor:
 
         summary = self.summary()
         orphans = self.orphans()
-        grown = census_advice(None, self.census.state()) if self.census is not None and rounds is None else []
+        grown = census_advice(None, self.census.state()) if rounds is None else []
         return grown + advise(
             summary,
             sessions=self.sessions(),
@@ -470,7 +467,7 @@ class Monitor:
         :meth:`Cluster.history`), optionally of one ``pid`` only. """
         me = os.getpid()
         local: list[dict[str, Any]] = []
-        if self.store is not None and pid in (None, me):
+        if pid in (None, me):
             local = self.store.query(since=since, limit=limit)
         for sample in local:
             sample["pid"] = me

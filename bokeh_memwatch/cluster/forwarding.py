@@ -121,7 +121,7 @@ class ForwardingHost(Protocol):
     def tracker(self) -> SessionTracker: ...
 
     @property
-    def snapshots(self) -> SnapshotManager | None: ...
+    def snapshots(self) -> SnapshotManager: ...
 
 
 def is_loopback(address: str | None) -> bool:
@@ -208,7 +208,7 @@ class Forwarder:
 
     def _has_snapshot(self, snapshot_id: str) -> bool:
         manager = self.memwatch.snapshots
-        if snapshot_id == "baseline" or manager is None:
+        if snapshot_id == "baseline":
             return True  # this worker's baseline, unless a worker is named
         try:
             manager.info(snapshot_id)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from tornado.web import HTTPError
 
-from ..heap.census import CensusManager, CensusUnavailable
+from ..heap.census import CensusUnavailable
 from .base import JSONHandler, json_body, no_query_args
 
 if TYPE_CHECKING:
@@ -30,23 +30,16 @@ class CensusHandler(JSONHandler):
     job = "census"
     busy_retry_after_s = 5  # a census takes longer than a chain search
 
-    @property
-    def census(self) -> CensusManager:
-        census = self.memwatch.census
-        if census is None:
-            raise HTTPError(503, reason="memwatch has not started in this process yet")
-        return census
-
     def get(self) -> None:
         no_query_args(self)
-        self.write_json(self.census.state())
+        self.write_json(self.memwatch.census.state())
 
     async def post(self) -> None:
         no_query_args(self)
         body = json_body(self)
         if body:
             raise HTTPError(400, reason=f"census takes no parameters, got {', '.join(sorted(body))[:80]}")
-        census = self.census
+        census = self.memwatch.census
         try:
             state = await self.run(census.run())
         except CensusUnavailable as e:  # rate-limited: an answer with the state, not an error

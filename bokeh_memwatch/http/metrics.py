@@ -68,7 +68,7 @@ class MemwatchCollector:
     def collect(self) -> Iterator[Metric]:
         mw = self.memwatch
         me = str(os.getpid())
-        latest = mw.store.latest() if mw.store is not None else None
+        latest = mw.store.latest()
         samples: Mapping[int, Mapping[str, Any]]
         if mw.cluster is not None:
             samples = mw.cluster.worker_samples(latest)
@@ -153,14 +153,13 @@ def _census_metrics(mw: Monitor, me: str) -> Iterator[Metric]:
     bytes_per_session = GaugeMetricFamily(METRIC_PREFIX + "census_type_growth_bytes_per_session",
                                           "Shallow bytes kept per closed session, per growing type (census; top 10)",
                                           labels=["pid", "type"])
-    if census is not None:
-        runs.add_metric([me], census.runs_total)
-        rows = [r for r in census.growing() if not r.get("generic")]
-        if census.runs_total:
-            growing.add_metric([me], len(rows))
-        for row in rows[:10]:
-            per_session.add_metric([me, str(row["type"])], float(row["growth_per_session"]))
-            bytes_per_session.add_metric([me, str(row["type"])], float(row["bytes_per_session"]))
+    runs.add_metric([me], census.runs_total)
+    rows = [r for r in census.growing() if not r.get("generic")]
+    if census.runs_total:
+        growing.add_metric([me], len(rows))
+    for row in rows[:10]:
+        per_session.add_metric([me, str(row["type"])], float(row["growth_per_session"]))
+        bytes_per_session.add_metric([me, str(row["type"])], float(row["bytes_per_session"]))
     yield runs
     yield growing
     yield per_session

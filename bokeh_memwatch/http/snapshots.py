@@ -53,7 +53,7 @@ class SnapshotHandler(JSONHandler):
     @property
     def manager(self) -> SnapshotManager:
         manager = self.memwatch.snapshots
-        if manager is None or manager.directory is None:
+        if manager.directory is None:
             raise HTTPError(503, reason="memwatch has not started in this process yet")
         return manager
 

@@ -53,7 +53,7 @@ class LimitReportSource(Protocol):
     """ What :func:`write_limit_report` reads (a :class:`~bokeh_memwatch.monitor.Monitor`). """
 
     @property
-    def snapshots(self) -> SnapshotManager | None: ...
+    def snapshots(self) -> SnapshotManager: ...
 
     def summary(self) -> dict[str, Any]: ...
 
@@ -99,7 +99,7 @@ async def write_limit_report(
             report[name] = error_section(e)
     snapshot_path: str | None = None
     manager = memwatch.snapshots
-    if manager is None or not tracemalloc.is_tracing():
+    if not tracemalloc.is_tracing():
         report["snapshot"] = {"error": "tracemalloc was not tracing (start it with --memwatch-tracemalloc "
                                        "or POST api/tracemalloc to get snapshots here)"}
     else:

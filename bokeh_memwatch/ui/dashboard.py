@@ -478,14 +478,11 @@ class TimelineHandler(JSONHandler):
         now = time.time()
         start = now - window_s if since is None else max(since, now - window_s)
         store = self.memwatch.store
-        columns = (
-            store.columns(TIMELINE_FIELDS, since=start, max_points=max_points, peak_fields=_PEAK_FIELDS)
-            if store is not None else {name: [] for name in TIMELINE_FIELDS}
-        )
+        columns = store.columns(TIMELINE_FIELDS, since=start, max_points=max_points, peak_fields=_PEAK_FIELDS)
         self.write_json({
             "now": now,
             "window_s": window_s,
-            "samples": store.count(since=start) if store is not None else 0,
+            "samples": store.count(since=start),
             "points": len(columns["t"]),
             "interval_ms": self.memwatch.options.interval_ms,
             "columns": columns,

@@ -147,6 +147,15 @@ class WhyAlive:
         )
         return job, {"session_id": session_id, "app": record.app, "target": target_type}
 
+    def target_type(self, session_id: str) -> str:
+        """ The type a search for this destroyed session would target
+        (``"Document"``, ``"ColumnDataSource"``...; ``""``: nothing, or not a
+        destroyed session): :func:`chain_target`'s choice, without searching. """
+        record = self.tracker.find(session_id)
+        if record is None or not record.destroyed:
+            return ""
+        return chain_target(record.doc_ref, record.alive_models())[1]
+
     def _destroyed(self, session_id: str) -> Any:
         """ The record of a destroyed session; raises :class:`UnknownSession`
         or :class:`SessionAlive`. """

@@ -522,9 +522,12 @@ class LeakCheck:
     def chains(self, app_path: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """ Search the chains of up to ``max_chains`` retained sessions,
         spread over the kinds of retained object; deduplicated. """
+        ids = [str(row["session_id"]) for row in rows]
+        # What each search would target: the search's own choice, read on the loop.
+        targets = self.call(lambda: [self.memwatch.why_alive.target_type(sid) for sid in ids])
         kinds: dict[str, list[str]] = {}
-        for row in rows:
-            kinds.setdefault(_target_kind(row), []).append(str(row["session_id"]))
+        for session_id, target in zip(ids, targets, strict=True):
+            kinds.setdefault(target or "?", []).append(session_id)
         picked: list[str] = []
         queues = [list(ids) for ids in kinds.values()]
         while queues and len(picked) < self.options.max_chains:
@@ -610,11 +613,3 @@ class LeakCheck:
             "served": opened > 0 and build_failed < opened,
             "messages": messages,
         }
-
-
-def _target_kind(row: Mapping[str, Any]) -> str:
-    """ What a chain search targets for this row (see :func:`bokeh_memwatch.analyze.why_alive.chain_target`). """
-    if row.get("document_alive"):
-        return "Document"
-    types = row.get("model_types") or {}
-    return "ColumnDataSource" if "ColumnDataSource" in types else (next(iter(types), "Model"))

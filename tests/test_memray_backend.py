@@ -1,0 +1,190 @@
+""" The memray allocation backend (memray_backend.py, memray_views.py) on a real
+``bokeh-memwatch serve`` process with ``--memwatch-allocations memray``.
+
+memray is an optional dependency: without it these tests skip with the reason,
+except under ``CI``, where they fail (CI installs the ``test`` extra, which
+includes memray on Linux).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+
+import pytest
+
+from bokeh_memwatch.memray_backend import MemrayBackend, have_memray
+
+from .conftest import APPS, PYTHON, ROOT, ProcessServer, api, free_port, http, open_and_close_sessions
+from .test_dashboard import CHROMIUM, CHROMIUM_ARGS
+
+CLI = str(Path(PYTHON).with_name("bokeh-memwatch"))
+LEAK_APP = APPS / "leak_numpy.py"
+LEAK_LINE = next(i for i, line in enumerate(LEAK_APP.read_text().splitlines(), 1) if "# LEAK_LINE" in line)
+SESSIONS = 6
+ARRAY_BYTES = 2 * 1024 * 1024
+
+
+def _require_memray() -> None:
+    if have_memray():
+        return
+    if os.environ.get("CI"):
+        pytest.fail("memray is not installed: CI installs the test extra, which includes it on Linux")
+    pytest.skip("memray is not installed (pip install bokeh-memwatch[memray])")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ProcessServer]:
+    _require_memray()
+    port = free_port()
+    srv = ProcessServer([CLI, "serve", str(LEAK_APP), "--port", str(port), "--memwatch-allocations", "memray"],
+                        port, env={"BOKEH_MEMWATCH_HEAP_FORK": "auto"})
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_tracking_starts_with_the_option(server: ProcessServer) -> None:
+    state = api(server.url, "memray")
+    assert state["available"] and state["tracking"], state
+    # memray allows one Tracker per process: a second start with other settings is a 409 JSON.
+    status, _, payload = http("POST", f"{server.url}/memwatch/api/memray", {"action": "start", "native_traces": True})
+    assert status == 409 and "already tracking" in payload["error"], payload
+    status, _, payload = http("POST", f"{server.url}/memwatch/api/memray", {"action": "start", "bogus": 1})
+    assert status == 400, payload
+    status, _, payload = http("GET", f"{server.url}/memwatch/api/memray/allocators?group=nope")
+    assert status == 400, payload
+    status, _, payload = http("GET", f"{server.url}/memwatch/api/memray/captures/..%2Fetc/memray")
+    assert status == 404, payload
+
+
+def test_growth_since_baseline_names_the_apps_line_with_its_native_allocation(server: ProcessServer) -> None:
+    api(server.url, "memray/baseline", "POST")
+    open_and_close_sessions(f"{server.url}/leak_numpy", SESSIONS)
+    growth = api(server.url, "memray/allocators?compare=baseline&limit=5")
+    top = growth["allocators"][0]
+    assert top["where"].startswith(f"{LEAK_APP}:{LEAK_LINE} "), growth["allocators"]
+    assert top["count"] >= SESSIONS and top["size_bytes"] >= SESSIONS * ARRAY_BYTES, top
+    # numpy's buffer: malloc'd (a native allocation), not Python's object allocator.
+    assert top["native"] and set(top["allocators"]) <= {"MALLOC", "CALLOC", "POSIX_MEMALIGN", "ALIGNED_ALLOC",
+                                                        "MMAP"}, top
+    assert growth["capture"]["since_baseline"] is True
+    # Each read closes its window: the baseline is spent (409), not silently stale.
+    status, _, payload = http("GET", f"{server.url}/memwatch/api/memray/allocators?compare=baseline")
+    assert status == 409 and "baseline" in payload["error"], payload
+    # By file, and by stack (most recent frame first).
+    capture = growth["capture"]["id"]
+    by_file = api(server.url, f"memray/allocators?capture={capture}&group=filename&limit=3")
+    assert by_file["allocators"][0]["where"] == str(LEAK_APP), by_file
+    by_stack = api(server.url, f"memray/allocators?capture={capture}&group=stack&limit=3")
+    assert by_stack["allocators"][0]["stack"][0].startswith(f"{LEAK_APP}:{LEAK_LINE} "), by_stack
+
+
+def test_native_frames_with_native_traces(server: ProcessServer) -> None:
+    api(server.url, "memray", "POST", {"action": "stop"})
+    try:
+        api(server.url, "memray", "POST", {"action": "start", "native_traces": True})
+        api(server.url, "memray/baseline", "POST")
+        open_and_close_sessions(f"{server.url}/leak_numpy", 3)
+        growth = api(server.url, "memray/allocators?compare=baseline&group=stack&limit=3")
+        top = growth["allocators"][0]
+        assert any(f.startswith(f"{LEAK_APP}:{LEAK_LINE} ") for f in top["stack"]), top
+        # Native frames above the Python line: numpy's C code and the allocator.
+        app_at = next(i for i, f in enumerate(top["stack"]) if f.startswith(str(LEAK_APP)))
+        assert app_at > 0 and not top["stack"][0].startswith(str(LEAK_APP)), top["stack"][:8]
+        assert growth["native_traces"] is True
+    finally:
+        api(server.url, "memray", "POST", {"action": "stop"})
+        api(server.url, "memray", "POST", {"action": "start"})
+
+
+def test_capture_file_is_memrays_own(server: ProcessServer, tmp_path: Path) -> None:
+    api(server.url, "memray/baseline", "POST")
+    open_and_close_sessions(f"{server.url}/leak_numpy", 2)
+    capture = api(server.url, "memray/allocators?compare=baseline")["capture"]["id"]
+    status, headers, body = _get_bytes(f"{server.url}/memwatch/api/memray/captures/{capture}/memray")
+    assert status == 200 and "attachment" in headers["Content-Disposition"]
+    path = tmp_path / "capture.memray"
+    path.write_bytes(body)
+    out = subprocess.run([sys.executable, "-m", "memray", "table", "--leaks", "-o", str(tmp_path / "t.html"),
+                          str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert str(LEAK_APP) in (tmp_path / "t.html").read_text()
+
+
+def test_flamegraph_opens_in_chromium_without_errors(server: ProcessServer, tmp_path: Path) -> None:
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        if os.environ.get("CI"):
+            pytest.fail(f"no Chromium at {CHROMIUM}")
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    api(server.url, "memray/baseline", "POST")
+    open_and_close_sessions(f"{server.url}/leak_numpy", 2)
+    capture = api(server.url, "memray/allocators?compare=baseline")["capture"]["id"]
+    status, headers, body = _get_bytes(f"{server.url}/memwatch/api/memray/captures/{capture}/flamegraph")
+    assert status == 200 and headers["Content-Type"].startswith("text/html"), (status, headers)
+    page_path = tmp_path / "flamegraph.html"
+    page_path.write_bytes(body)
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+            page.goto(page_path.as_uri(), wait_until="load")
+            # memray's page draws the flame graph with d3 into #chart.
+            page.wait_for_function("document.querySelectorAll('#chart svg rect, #chart svg g').length > 0",
+                                   timeout=30_000)
+            text = page.content()
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert "leak_numpy.py" in text
+
+
+def test_unavailable_memray_is_one_clear_error(tmp_path: Path) -> None:
+    """ Where memray cannot be imported the backend says so (501 over HTTP);
+    a fresh interpreter with memray hidden shows the warning and the fallback. """
+    code = (
+        "import sys, logging; sys.modules['memray'] = None\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from bokeh_memwatch.memray_backend import MemrayBackend, MemrayUnavailable\n"
+        "b = MemrayBackend(); b.start()\n"
+        "try:\n    b.start_tracking()\nexcept MemrayUnavailable as e:\n    print('UNAVAILABLE', e)\n"
+        "print(b.state()['available']); b.stop()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "UNAVAILABLE memray is not installed" in out.stdout and "False" in out.stdout, out.stdout
+    assert out.stderr.count("memray is not installed") == 1, out.stderr
+
+
+def test_backend_refuses_a_second_tracker_in_process(tmp_path: Path) -> None:
+    _require_memray()
+    import memray
+
+    backend = MemrayBackend()
+    backend.start()
+    try:
+        with memray.Tracker(str(tmp_path / "other.bin")):
+            with pytest.raises(Exception, match="another memray Tracker is already active"):
+                backend.start_tracking()
+        assert not backend.tracking
+    finally:
+        backend.stop()
+
+
+def _get_bytes(url: str) -> tuple[int, dict[str, str], bytes]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=120) as response:
+        return response.status, dict(response.headers), response.read()
+
+

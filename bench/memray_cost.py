@@ -86,21 +86,32 @@ def run(profile: MemrayProfile) -> dict[str, Any]:
         memray = servers["on+memray"]
         ops = [measure_operation(memray, "POST memray/baseline (close + open a window)", "POST",
                                  "memray/baseline", fork=False)]
+        ops[-1].update(on_loop(memray))
         for _ in range(profile.leak_sessions):
             pull(memray.app_url).close()
         ops.append(measure_operation(memray, "GET memray/allocators?compare=baseline", "GET",
                                      "memray/allocators?compare=baseline", fork=False))
+        ops[-1].update(on_loop(memray))
         ops.append(measure_operation(memray, "GET memray/allocators?group=stack", "GET",
                                      "memray/allocators?group=stack", fork=False))
+        ops[-1].update(on_loop(memray))
         capture = memray.api("memray")["captures"][-1]["id"]
         ops.append(measure_download(memray, "GET flamegraph (memray's reporter)",
                                     f"memray/captures/{capture}/flamegraph"))
+        ops[-1].update(on_loop(memray), rotation_ms=None)
         result["operations"] = ops
         result["rotation_ms"] = memray.api("memray")["last_rotation_ms"]
     finally:
         stop_all(list(servers.values()))
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def on_loop(server: BenchServer) -> dict[str, Any]:
+    """ What the last operation did on the loop itself, timed by memwatch: closing and
+    opening a window (``rotation_ms``), starting the helper process (``spawn_ms``). """
+    state = server.api("memray")
+    return {"rotation_ms": state["last_rotation_ms"], "spawn_ms": state["last_spawn_ms"]}
 
 
 def measure_download(server: BenchServer, label: str, path: str) -> dict[str, Any]:
@@ -143,10 +154,11 @@ def render(result: dict[str, Any]) -> str:
     for label, n in result["tracker_bytes"].items():
         out.append(f"\ntracker cost, {label}: {n / 2**20:.1f} MiB")
     out += ["", "## memray operations on on+memray (loop stall)", "",
-            "| operation | elapsed s | max lag ms | p99 lag ms | error |", "|---|---|---|---|---|"]
+            "| operation | elapsed s | max lag ms | p99 lag ms | rotation ms | spawn ms | error |",
+            "|---|---|---|---|---|---|---|"]
     for op in result["operations"]:
         out.append(f"| {op['operation']} | {op['elapsed_s']} | {op['max_lag_ms']} | {op['p99_lag_ms']} | "
-                   f"{op['error'] or ''} |")
+                   f"{op.get('rotation_ms')} | {op.get('spawn_ms')} | {op['error'] or ''} |")
     out.append(f"\nlast window rotation on the loop: {result['rotation_ms']} ms")
     return "\n".join(out) + "\n"
 

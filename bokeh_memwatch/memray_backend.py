@@ -304,6 +304,8 @@ class MemrayBackend:
         self._captures: OrderedDict[str, CaptureInfo] = OrderedDict()
         self._reading = False
         self.last_rotation_ms: float | None = None
+        #: How long starting the last helper process took on the loop.
+        self.last_spawn_ms: float | None = None
         self.rotations = 0
 
     # -- lifecycle --------------------------------------------------------------------
@@ -367,6 +369,7 @@ class MemrayBackend:
             "window_is_baseline": self._window_is_baseline and self.tracking,
             "rotations": self.rotations,
             "last_rotation_ms": self.last_rotation_ms,
+            "last_spawn_ms": self.last_spawn_ms,
             "captures": [c.row() for c in self._captures.values()],
             "max_captures": self.max_captures,
         }
@@ -566,6 +569,7 @@ class MemrayBackend:
         answer["capture"] = info.row()
         answer["read_s"] = round(time.perf_counter() - started, 3)
         answer["rotation_ms"] = self.last_rotation_ms
+        answer["spawn_ms"] = self.last_spawn_ms
         answer["technique"] = "subprocess"
         return answer
 
@@ -582,8 +586,7 @@ class MemrayBackend:
         try:
             if not os.path.exists(out):
                 flags = ["--leaks"] if kind == "leaked" else []
-                await self._run_process(self.python, "-m", "memray", "flamegraph", *flags, "--no-web", "-f",
-                                        "-o", out, info.path)
+                await self._run_helper("flamegraph", *flags, "--no-web", "-f", "-o", out, info.path)
         finally:
             self._reading = False
         return out
@@ -594,10 +597,12 @@ class MemrayBackend:
     async def _run_process(self, *argv: str) -> bytes:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOKEH_MEMWATCH_TOKEN")}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(_PACKAGE_DIR), env.get("PYTHONPATH")) if p)
+        spawn_started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env,
         )
+        self.last_spawn_ms = round((time.perf_counter() - spawn_started) * 1000, 3)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)
         except BaseException:
@@ -636,7 +641,17 @@ def _unlink(*paths: str) -> None:
 
 
 def _main(argv: Sequence[str] | None = None) -> None:
-    """ ``python -m bokeh_memwatch.memray_backend read FILE``: the rows as JSON. """
+    """ ``python -m bokeh_memwatch.memray_backend read FILE``: the rows as JSON;
+    ``... flamegraph ARGS``: memray's own ``memray flamegraph ARGS``.  Either
+    runs at a lower CPU priority (nice 10), so that on a busy machine the
+    server's loop goes first. """
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(10)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["flamegraph"]:
+        from memray.commands import main as memray_main
+
+        sys.exit(memray_main(args_list))
     parser = argparse.ArgumentParser(prog="python -m bokeh_memwatch.memray_backend")
     sub = parser.add_subparsers(dest="command", required=True)
     read = sub.add_parser("read", help="top allocators of a memray capture file, as JSON")
@@ -645,7 +660,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
     read.add_argument("--kind", choices=KINDS, default="leaked")
     read.add_argument("--limit", type=int, default=25)
     read.add_argument("--native", action="store_true")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     rows = capture_rows(args.path, group=args.group, kind=args.kind, limit=args.limit, native=args.native)
     sys.stdout.write(json.dumps(rows))
 

@@ -61,6 +61,11 @@ def test_tracking_starts_with_the_option(server: ProcessServer) -> None:
     assert status == 400, payload
     status, _, payload = http("GET", f"{server.url}/memwatch/api/memray/captures/..%2Fetc/memray")
     assert status == 404, payload
+    # memwatch's access rules hold: a cross-site page gets nothing, an action needs a JSON body.
+    status, _, _ = http("GET", f"{server.url}/memwatch/api/memray", headers={"Sec-Fetch-Site": "cross-site"})
+    assert status == 403
+    status, _, _ = http("POST", f"{server.url}/memwatch/api/memray/baseline", b"{}")
+    assert status == 415
 
 
 def test_growth_since_baseline_names_the_apps_line_with_its_native_allocation(server: ProcessServer) -> None:

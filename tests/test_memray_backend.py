@@ -7,16 +7,19 @@ includes memray on Linux).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bokeh_memwatch.memray_backend import MemrayBackend, MemrayBusy, have_memray
+from bokeh_memwatch.snapshots import format_report
 
 from .conftest import APPS, PYTHON, ROOT, ProcessServer, api, free_port, http, open_and_close_sessions
 from .test_dashboard import CHROMIUM, CHROMIUM_ARGS
@@ -192,3 +195,44 @@ def _get_bytes(url: str) -> tuple[int, dict[str, str], bytes]:
         return response.status, dict(response.headers), response.read()
 
 
+
+
+def test_heap_worker_forks_beside_the_tracker_and_the_report_has_a_memray_section(server: ProcessServer) -> None:
+    """ A forked heap job (the type summary) while memray tracks: memray leaves
+    tracking off in the child (no follow_fork) and the parent keeps tracking. """
+    types = api(server.url, "types?limit=3")
+    assert types["technique"] in ("fork", "thread") and types["types"], types
+    assert api(server.url, "memray")["tracking"] is True
+    open_and_close_sessions(f"{server.url}/leak_numpy", 2)
+    status, _, body = _get_bytes(f"{server.url}/memwatch/api/report?chains=0")
+    assert status == 200
+    report = json.loads(body)
+    section = report["memray"]
+    assert section["state"]["tracking"] is True
+    assert section["allocators"]["allocators"], section
+    text = format_report(report)
+    assert "memray" in text and str(LEAK_APP) in text
+
+
+def test_server_without_memray_warns_once_and_keeps_tracemalloc(run_command: Any, tmp_path: Path) -> None:
+    """ ``--memwatch-allocations memray`` where memray cannot be imported (a
+    package on PYTHONPATH that raises ImportError stands in for a platform
+    without wheels): the server starts, logs one warning, answers 501 on
+    memray's API and keeps tracemalloc's. """
+    hidden = tmp_path / "hide" / "memray"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('memray hidden by the test')\n")
+    port = free_port()
+    env = {"PYTHONPATH": os.pathsep.join([str(hidden.parent), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    srv = run_command([CLI, "serve", str(LEAK_APP), "--port", str(port), "--memwatch-allocations", "memray"],
+                      port, env=env)
+    state = api(srv.url, "memray")
+    assert state["available"] is False and state["tracking"] is False, state
+    status, _, payload = http("POST", f"{srv.url}/memwatch/api/memray", {"action": "start"})
+    assert status == 501 and "pip install bokeh-memwatch[memray]" in payload["error"], payload
+    assert http("GET", f"{srv.url}/memwatch/api/memray/allocators")[0] == 501
+    assert api(srv.url, "memray/allocators", expect=501)["status"] == 501
+    assert api(srv.url, "tracemalloc")["tracing"] is False
+    api(srv.url, "tracemalloc", "POST", {"action": "start", "frames": 1})
+    assert api(srv.url, "tracemalloc")["tracing"] is True
+    assert srv.log().count("memray is not installed") == 1, srv.log()

@@ -23,6 +23,7 @@ from .memray_backend import (
     MemrayBackend,
     MemrayBusy,
     MemrayError,
+    MemrayReadBusy,
     MemrayUnavailable,
     NotTrackingMemray,
     UnknownCapture,
@@ -71,10 +72,10 @@ class MemrayHandler(JSONHandler):
             raise HTTPError(501, reason=str(e)) from None
         except UnknownCapture as e:
             raise HTTPError(404, reason=str(e)) from None
+        except MemrayReadBusy as e:
+            self.set_header("Retry-After", "2")
+            raise HTTPError(429, reason=str(e)) from None
         except MemrayBusy as e:
-            if "read" in str(e):
-                self.set_header("Retry-After", "2")
-                raise HTTPError(429, reason=str(e)) from None
             raise HTTPError(409, reason=str(e)) from None
         except (NotTrackingMemray, MemrayError) as e:
             raise HTTPError(409, reason=str(e)[:300]) from None

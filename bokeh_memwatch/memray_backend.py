@@ -13,10 +13,11 @@ The mechanism: a :class:`memray.Tracker` writing
 a tracker keeps, in memory, only per-stack totals and the live allocations
 of its own run, and writes them when it stops.  Reading "what is alive"
 therefore *closes a window*: the event loop stops the tracker (the file is
-written) and starts a fresh one at once (both together ~10-20 ms on the loop,
-measured by ``python -m bench.memray_stall``); the closed file is read, off
-the loop, by a fresh interpreter (``python -m bokeh_memwatch.memray_backend
-read``: no fork of the server, so no app code and no fork-policy hazard).  A
+written) and starts a fresh one at once (16-34 ms on the loop at 200
+sessions, mostly memray patching and unpatching the loaded libraries' symbols;
+``python -m bench.memray_cost``); the closed file is read, off the loop, by a
+fresh isolated interpreter running this file (it imports only memray: no fork
+of the server, so no app code and no fork-policy hazard).  A
 window's file answers, exactly, "which stacks allocated, during the window,
 memory still alive at its end" (memray's ``--leaks``), and the peak within
 it (memray's high-water mark).  It is memray's own capture file: ``memray
@@ -62,6 +63,7 @@ __all__ = (
     "GROUPS",
     "KINDS",
     "CaptureInfo",
+    "HelperFailed",
     "MemrayBackend",
     "MemrayBusy",
     "MemrayError",
@@ -120,6 +122,14 @@ class MemrayReadBusy(MemrayError):
 
 class NotTrackingMemray(MemrayError):
     """ The request needs memwatch's memray tracker running. """
+
+
+class HelperFailed(MemrayError):
+    """ The helper process failed or ran out of time (``timed_out``). """
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class UnknownCapture(MemrayError, LookupError):
@@ -621,11 +631,13 @@ class MemrayBackend:
             with contextlib.suppress(Exception):
                 await asyncio.shield(proc.wait())
             if isinstance(sys.exc_info()[1], asyncio.TimeoutError):
-                raise MemrayError(f"reading the memray capture took over {self.timeout_s:g} s") from None
+                raise HelperFailed(f"reading the memray capture took over {self.timeout_s:g} s",
+                                   timed_out=True) from None
             raise
         if proc.returncode != 0:
             tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no output)"]
-            raise MemrayError(f"reading the memray capture failed: {tail[0][:300]}")
+            log.warning("memwatch: the memray helper failed: %s", tail[0][:300])
+            raise HelperFailed(f"reading the memray capture failed: {tail[0][:300]}")
         return out
 
     # -- the report -------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .memray_backend import (
     GROUPS,
     KINDS,
     Group,
+    HelperFailed,
     Kind,
     MemrayBackend,
     MemrayBusy,
@@ -77,6 +78,8 @@ class MemrayHandler(JSONHandler):
             raise HTTPError(429, reason=str(e)) from None
         except MemrayBusy as e:
             raise HTTPError(409, reason=str(e)) from None
+        except HelperFailed as e:
+            raise HTTPError(504 if e.timed_out else 503, reason=str(e)[:300]) from None
         except (NotTrackingMemray, MemrayError) as e:
             raise HTTPError(409, reason=str(e)[:300]) from None
         except ValueError as e:

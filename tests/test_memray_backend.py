@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bokeh_memwatch.memray_backend import MemrayBackend, MemrayBusy, have_memray
+from bokeh_memwatch.memray_backend import HelperFailed, MemrayBackend, MemrayBusy, have_memray
 from bokeh_memwatch.snapshots import format_report
 
 from .conftest import APPS, PYTHON, ROOT, ProcessServer, api, free_port, http, open_and_close_sessions
@@ -236,3 +236,29 @@ def test_server_without_memray_warns_once_and_keeps_tracemalloc(run_command: Any
     api(srv.url, "tracemalloc", "POST", {"action": "start", "frames": 1})
     assert api(srv.url, "tracemalloc")["tracing"] is True
     assert srv.log().count("memray is not installed") == 1, srv.log()
+
+
+def test_a_corrupt_capture_is_a_helper_error_not_a_crash() -> None:
+    """ The backend on its own (in this process): a window closed, its file
+    truncated behind memwatch's back; the read fails in the helper and says so. """
+    _require_memray()
+    import asyncio
+
+    backend = MemrayBackend(timeout_s=60)
+    backend.start()
+    try:
+        backend.start_tracking()
+        kept = [bytearray(300_000) for _ in range(3)]
+        closed = backend.rotate()
+        assert closed is not None and backend.tracking
+        good = asyncio.run(backend.allocators(capture=closed.id, limit=5))
+        assert good["allocators"] and good["capture"]["id"] == closed.id
+        with open(closed.path, "r+b") as f:
+            f.truncate(10)
+        with pytest.raises(HelperFailed, match="reading the memray capture failed"):
+            asyncio.run(backend.allocators(capture=closed.id))
+        assert backend.stop_tracking()["changed"] is True
+        del kept
+    finally:
+        backend.stop()
+    assert backend.directory is None

@@ -262,3 +262,16 @@ def test_a_corrupt_capture_is_a_helper_error_not_a_crash() -> None:
     finally:
         backend.stop()
     assert backend.directory is None
+
+
+def test_the_option_from_the_environment_and_its_bounds() -> None:
+    from bokeh_memwatch.core import MemwatchOptions, options_from_env
+
+    assert options_from_env({"BOKEH_MEMWATCH_ALLOCATIONS": "memray"}) == {"allocations": "memray"}
+    assert MemwatchOptions(**options_from_env({"BOKEH_MEMWATCH_ALLOCATIONS": "memray"})).allocations == "memray"
+    assert MemwatchOptions().allocations == "tracemalloc"
+    with pytest.raises(ValueError, match="allocations must be"):
+        MemwatchOptions(allocations="perf")
+    out = subprocess.run([CLI, "serve", "--memwatch-allocations", "perf"], check=False, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0 and "invalid choice: 'perf'" in out.stderr, out.stderr

@@ -150,6 +150,12 @@ class MemwatchServe(Serve):
             action="store_true",
             help="Do not mount {prefix}/memwatch/healthz and readyz (they answer without credentials)",
         )),
+        ("--memwatch-allocations", Argument(
+            metavar="BACKEND", choices=("tracemalloc", "memray"), default=None,
+            help="Allocation tracking: 'memray' starts a memray tracker in each serving process (cheap enough "
+                 "to leave on; pip install bokeh-memwatch[memray]); 'tracemalloc' (default) leaves tracing to "
+                 "--memwatch-tracemalloc and the API",
+        )),
         ("--memwatch-tracemalloc", Argument(
             metavar="FRAMES", type=int, default=None,
             help="Start tracemalloc with this many frames before the apps are loaded",
@@ -168,6 +174,7 @@ class MemwatchServe(Serve):
             ("memwatch_history_dir", "history_dir"),
             ("memwatch_limit_fraction", "limit_fraction"),
             ("memwatch_heap_fork", "heap_fork"),
+            ("memwatch_allocations", "allocations"),
             ("memwatch_recycle_at", "recycle_at"),
             ("memwatch_recycle_samples", "recycle_samples"),
             ("memwatch_drain_timeout", "drain_timeout_s"),

@@ -37,6 +37,7 @@ from .cluster import WORKER_FIELDS, Cluster, server_key
 from .collectors import Collector, ProcessCollector, default_collectors
 from .heapwork import FORK_MODES, HeapWorkBusy, HeapWorker
 from .instrument import MemwatchAppHandler
+from .memray_backend import MemrayBackend
 from .sampler import Sampler
 from .snapshots import SnapshotManager
 from .store import SampleStore
@@ -143,6 +144,10 @@ class MemwatchOptions:
     # makes fork unsafe (heapwork.fork_policy): "auto" (a thread instead),
     # "refuse" (409), "force" (fork anyway), "never" (always a thread).
     heap_fork: str = "auto"
+    # Allocation tracking (memray_backend.py, issue 18): "memray" starts a
+    # memray tracker in each serving process at start (tracemalloc stays the
+    # fallback, with one warning, where memray is not installed).
+    allocations: str = "tracemalloc"
     # Beyond one process (cluster.py): the SQLite history ("" the per-user
     # default directory, "none" off) and its size bound; the cgroup mount
     # read for the memory limit; the fraction of it at which a report is
@@ -184,6 +189,8 @@ class MemwatchOptions:
         for name in ("max_snapshots", "max_snapshot_bytes", "snapshot_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.allocations not in ("tracemalloc", "memray"):  # memray_backend.BACKENDS
+            raise ValueError(f"allocations must be 'tracemalloc' or 'memray', got {self.allocations!r}")
         if self.heap_fork not in FORK_MODES:
             raise ValueError(f"heap_fork must be one of {', '.join(FORK_MODES)}, got {self.heap_fork!r}")
         for name in ("census_interval_s", "census_min_interval_s"):
@@ -265,6 +272,8 @@ class MemWatch:
         self._last_gc: float = float("-inf")
         self._process: ProcessCollector | None = None
         self.snapshots: SnapshotManager | None = None
+        #: The memray allocation backend (memray_backend.py; made in start()).
+        self.memray: MemrayBackend | None = None
         #: Censuses of live objects by type (made in start()).
         self.census: CensusManager | None = None
         #: History database, workers, memory limit (made in start()).
@@ -402,7 +411,26 @@ class MemWatch:
             types_min_interval_s=self.options.types_min_interval_s, timeout_s=self.options.snapshot_timeout_s,
         )
         self.snapshots.start()
+        self._start_memray()
         self._start_census(io_loop)
+
+    def _start_memray(self) -> None:
+        """ The memray backend; its tracker starts here with ``allocations="memray"``
+        (after any fork: one tracker per serving process). """
+        from .memray_backend import MemrayBackend, MemrayError, have_memray
+
+        self.memray = MemrayBackend(max_captures=self.options.max_snapshots,
+                                    max_capture_bytes=self.options.max_snapshot_bytes,
+                                    timeout_s=self.options.snapshot_timeout_s)
+        self.memray.start()
+        if self.options.allocations != "memray":
+            return
+        if not have_memray():  # warned once; tracemalloc's API stays
+            return
+        try:
+            self.memray.start_tracking()
+        except MemrayError as e:
+            log.warning("memwatch: memray tracking not started: %s", e)
 
     def _start_census(self, io_loop: IOLoop | None) -> None:
         self.census = CensusManager(
@@ -428,6 +456,8 @@ class MemWatch:
             self.sampler.stop()
         if self.snapshots is not None:
             self.snapshots.stop()
+        if self.memray is not None:
+            self.memray.stop()
         if self.cluster is not None:
             self.cluster.stop()
 

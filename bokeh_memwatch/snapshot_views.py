@@ -224,6 +224,12 @@ class ReportHandler(SnapshotHandler):
         no_query_args(self, ("chains",))
         max_chains = int_arg(self, "chains", 5, lo=0, hi=50)
         report = await self.run(self.manager.report(self.memwatch, max_chains=max_chains))
+        # issue 18: a "memray" section (state, and the window closed now) when memray tracks.
+        memray = self.memwatch.memray
+        if memray is not None and memray.tracking:
+            from .saferepr import merge_json_objects, render_json
+
+            report = merge_json_objects(report, render_json({"memray": await memray.report_section()}, indent=1))
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self.set_header("Content-Disposition",
                         f'attachment; filename="memwatch-report-{os.getpid()}-{stamp}.json"')

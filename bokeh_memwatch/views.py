@@ -427,8 +427,10 @@ class IndexHandler(JSONHandler):
         prefix = self.application.prefix  # type: ignore[attr-defined]
         base = f"{prefix}/memwatch/"
         from .census_views import ENDPOINTS as CENSUS_ENDPOINTS
+        from .memray_views import ENDPOINTS as MEMRAY_ENDPOINTS
 
-        self.write_json({"endpoints": [{**e, "url": base + e["path"]} for e in [*ENDPOINTS, *CENSUS_ENDPOINTS]]})
+        self.write_json({"endpoints": [{**e, "url": base + e["path"]} for e in [*ENDPOINTS, *CENSUS_ENDPOINTS,
+                                                                                  *MEMRAY_ENDPOINTS]]})
 
 
 class SummaryHandler(JSONHandler):
@@ -544,12 +546,14 @@ def routes(memwatch: MemWatch) -> Routes:
     """
     from .census_views import census_routes
     from .dashboard import dashboard_routes
+    from .memray_views import memray_routes
     from .metrics import metrics_routes
     from .probes import recycle_routes
     from .snapshot_views import snapshot_routes
 
     return [*api_routes(memwatch), *recycle_routes(memwatch), *metrics_routes(memwatch), *snapshot_routes(memwatch),
-            *dashboard_routes(memwatch), *census_routes(memwatch), *fallback_routes(memwatch)]
+            *dashboard_routes(memwatch), *census_routes(memwatch), *memray_routes(memwatch),
+            *fallback_routes(memwatch)]
 
 
 def api_routes(memwatch: MemWatch) -> Routes:

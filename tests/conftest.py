@@ -90,7 +90,10 @@ def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | N
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             status, raw, hdrs = response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as e:
-        status, raw, hdrs = e.code, e.read(), dict(e.headers)
+        # Closed here: an HTTPError left to a later garbage collection (it sits in a
+        # reference cycle) raises in its finalizer, an unraisable error in whichever test runs then.
+        with e:
+            status, raw, hdrs = e.code, e.read(), dict(e.headers)
     text = raw.decode("utf-8", "replace")
     try:
         return status, hdrs, json.loads(text)

@@ -66,7 +66,8 @@ def download(url: str) -> tuple[int, dict[str, str], bytes]:
         with urllib.request.urlopen(url, timeout=60) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        with e:  # closed now, not by a later collection (see conftest.http)
+            return e.code, dict(e.headers), e.read()
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -42,6 +42,8 @@ CORE_TESTS = [
     "tests/test_referents.py",
     "tests/test_bokeh_internals.py",
     "tests/test_server.py",
+    # memray's tracker differs by Python (profiling hooks, frame objects): issue 18
+    "tests/test_memray_backend.py",
 ]
 
 #: The lowest Bokeh and Panel setup.cfg accepts (Panel 1.4 needs Bokeh 3.4).

@@ -144,10 +144,12 @@ def log(message: str) -> None:
 # --- 1. latency ---------------------------------------------------------------------
 
 
-def measure_latency(profile: Profile, servers: dict[str, BenchServer]) -> dict[str, Any]:
+def measure_latency(profile: Profile, servers: dict[str, BenchServer],
+                    latency_modes: Sequence[str] = LATENCY_MODES) -> dict[str, Any]:
     """ Page GET, pull_session and a websocket round trip per mode; the modes
-    take turns batch by batch, the order reversed every other round. """
-    modes = [m for m in LATENCY_MODES if m in servers]
+    take turns batch by batch, the order reversed every other round.
+    (``latency_modes``: bench/memray_cost.py measures its own modes.) """
+    modes = [m for m in latency_modes if m in servers]
     gets: dict[str, list[float]] = {m: [] for m in modes}
     pulls: dict[str, list[float]] = {m: [] for m in modes}
     trips: dict[str, list[float]] = {m: [] for m in modes}

@@ -153,6 +153,8 @@ class StateHandler(ControlHandler):
             "sessions": sum(1 for s in state.sessions() if not s.expiration_requested),
             "ballast": len(state.ballast),
             "tracemalloc_frames": tracemalloc.get_traceback_limit() if tracemalloc.is_tracing() else 0,
+            "memray_tracking": bool(state.memwatch is not None and state.memwatch.memray is not None
+                                    and state.memwatch.memray.tracking),
         }
         out["initialize_document"] = DOCUMENT_WATCH.state()
         out["memwatch_modify_document"] = MEMWATCH_HANDLER_WATCH.state()
@@ -343,7 +345,8 @@ def build_server(args: argparse.Namespace, state: BenchState) -> Any:
         MEMWATCH_HANDLER_WATCH.wrap(MemwatchAppHandler, "modify_document")
 
         state.memwatch = MemWatch(interval_ms=args.interval_ms, census_interval_s=args.census_interval_s,
-                                  census_min_interval_s=args.census_min_interval_s)
+                                  census_min_interval_s=args.census_min_interval_s,
+                                  allocations=args.allocations)  # issue 18: "memray" starts its tracker
         return memwatch_server({APP_PATH: app}, memwatch=state.memwatch, **kwargs)
     if args.mode == "memlog":
         bokeh_log = logging.getLogger("bokeh")
@@ -358,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("off", "on", "memlog"), required=True)
     parser.add_argument("--tracemalloc", type=int, default=0, help="frames; 0: not tracing")
+    parser.add_argument("--allocations", choices=("tracemalloc", "memray"), default="tracemalloc",
+                        help="memwatch's allocation backend (memray: its tracker runs from the start)")
     parser.add_argument("--interval-ms", type=int, default=5000, help="memwatch's sampler interval")
     parser.add_argument("--memlog-ms", type=int, default=5000, help="Bokeh's mem_log_frequency_milliseconds")
     parser.add_argument("--check-ms", type=int, default=17000, help="check_unused_sessions_milliseconds")

@@ -42,6 +42,7 @@ from .collect.process import Collector, ProcessCollector, default_collectors
 from .collect.tracker import SessionTracker
 from .heap import chains
 from .heap.census import CensusManager
+from .heap.memray_backend import MemrayBackend, MemrayError, have_memray
 from .heap.snapshots import SnapshotManager
 from .heap.worker import HeapWorker
 from .options import MemwatchOptions
@@ -124,6 +125,10 @@ class Monitor:
             self.heap_worker, max_snapshots=options.max_snapshots, max_snapshot_bytes=options.max_snapshot_bytes,
             types_min_interval_s=options.types_min_interval_s, timeout_s=options.snapshot_timeout_s,
         )
+        #: The memray allocation backend (issue 18; start() makes its directory and,
+        #: with ``allocations="memray"``, starts its tracker: one per serving process).
+        self.memray = MemrayBackend(max_captures=options.max_snapshots, max_capture_bytes=options.max_snapshot_bytes,
+                                    timeout_s=options.snapshot_timeout_s)
         #: Censuses of live objects by type (start() schedules the periodic one).
         self.census = CensusManager(
             self.heap_worker, closed=lambda: self.tracker.destroyed_total,
@@ -265,11 +270,23 @@ class Monitor:
         self.sampler.start(io_loop)
         log.info("memwatch sampling every %d ms in process %d", self.options.interval_ms, self._pid)
         self.snapshots.start()
+        self._start_memray()
         try:
             self.census.start()
         except RuntimeError:  # no running loop yet
             if io_loop is not None:
                 io_loop.add_callback(self.census.start)
+
+    def _start_memray(self) -> None:
+        """ The memray backend's directory; its tracker too with ``allocations="memray"``
+        (after any fork: one tracker per serving process). """
+        self.memray.start()
+        if self.options.allocations != "memray" or not have_memray():  # warned once; tracemalloc's API stays
+            return
+        try:
+            self.memray.start_tracking()
+        except MemrayError as e:
+            log.warning("memwatch: memray tracking not started: %s", e)
 
     def stop(self) -> None:
         from .cluster.workers import stop_worker_services
@@ -279,6 +296,7 @@ class Monitor:
         if self.sampler is not None:
             self.sampler.stop()
         self.snapshots.stop()
+        self.memray.stop()
         if self.cluster is not None:
             self.cluster.stop()
 

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .analyze.limits import parse_recycle_at
+from .heap.memray_backend import BACKENDS
 from .heap.worker import FORK_MODES
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,10 @@ class MemwatchOptions:
         "auto", "When a native thread pool (OpenBLAS, OpenMP, MKL) makes fork unsafe: 'auto' runs heap jobs in "
                 "a thread, 'refuse' answers 409, 'force' forks anyway (may freeze the server), 'never' always "
                 "uses a thread", metavar="MODE", choices=FORK_MODES)
+    allocations: str = _opt(
+        "tracemalloc", "Allocation tracking: 'memray' starts a memray tracker in each serving process (cheap "
+                       "enough to leave on; pip install bokeh-memwatch[memray]); 'tracemalloc' leaves tracing to "
+                       "--memwatch-tracemalloc and the API", metavar="BACKEND", choices=BACKENDS)
     history_dir: str = _opt(
         "", "Directory of the SQLite history shared by the workers and kept across restarts "
             "(default: $XDG_STATE_HOME/bokeh-memwatch or ~/.local/state/bokeh-memwatch; 'none': off)",

@@ -32,6 +32,14 @@ from .http.api import (
     SummaryHandler,
 )
 from .http.census import CensusHandler
+from .http.memray import (
+    MemrayAllocatorsHandler,
+    MemrayBaselineHandler,
+    MemrayCaptureHandler,
+    MemrayDownloadHandler,
+    MemrayFlamegraphHandler,
+    MemrayStateHandler,
+)
 from .http.metrics import MetricsHandler, make_registry
 from .http.probes import ProbeHandler, RecycleHandler
 from .http.snapshots import (
@@ -158,6 +166,23 @@ ROUTES: tuple[Route, ...] = (
          "types growing with closed sessions (census of live objects by type, kept censuses)"),
         ("POST", "api/census", "take a census now in a forked child (rate-limited: census_min_interval_s)"),
     )),
+    Route(r"/memwatch/api/memray/?", MemrayStateHandler, endpoints=(
+        ("GET", "api/memray", "memray tracker state and kept captures"),
+        ("POST", "api/memray", 'start/stop memray tracking: {"action": "start"|"stop", "native_traces": bool}'),
+    )),
+    Route(r"/memwatch/api/memray/baseline/?", MemrayBaselineHandler, endpoints=(
+        ("POST", "api/memray/baseline", "open a memray window at the baseline"),)),
+    Route(r"/memwatch/api/memray/allocators/?", MemrayAllocatorsHandler, endpoints=(
+        ("GET", "api/memray/allocators",
+         "memray: what the window allocated and still holds (group=lineno|filename|stack, compare=baseline)"),)),
+    Route(r"/memwatch/api/memray/captures/([^/]+)/?", MemrayCaptureHandler, endpoints=(
+        ("GET", "api/memray/captures/<id>", "one kept memray capture: id, window, size, settings"),
+        ("DELETE", "api/memray/captures/<id>", "drop a kept memray capture"),
+    )),
+    Route(r"/memwatch/api/memray/captures/([^/]+)/memray/?", MemrayDownloadHandler, endpoints=(
+        ("GET", "api/memray/captures/<id>/memray", "memray's capture file"),)),
+    Route(r"/memwatch/api/memray/captures/([^/]+)/flamegraph/?", MemrayFlamegraphHandler, endpoints=(
+        ("GET", "api/memray/captures/<id>/flamegraph", "memray's HTML flame graph"),)),
     # Last: JSON 404 for unknown API paths (the bare /memwatch is the dashboard's page).
     Route(r"/memwatch/api/(.*)", NotFoundHandler),
 )

@@ -75,3 +75,28 @@ def test_verify_stall_smoke(tmp_path: Path) -> None:
     assert "verifications in 2 s quiet before / after: 0 / 0" in done.stdout, done.stdout
     assert "| loop ms (prepare + fork + apply) |" in done.stdout
     assert "(2 orphans," in done.stdout, done.stdout
+
+
+def test_memray_bench_smoke_writes_results(tmp_path: Path) -> None:
+    """ ``python -m bench.memray_cost --smoke``: the four servers (issue 18) and every figure. """
+    from bokeh_memwatch.heap.memray_backend import have_memray
+
+    if not have_memray():
+        if os.environ.get("CI"):
+            raise AssertionError("memray is not installed: CI installs the test extra, which includes it")
+        import pytest
+
+        pytest.skip("memray is not installed (pip install bokeh-memwatch[memray])")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_STATE_HOME": str(tmp_path / "state")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.memray_cost", "--smoke", "--out", str(tmp_path)],
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads((tmp_path / "memray.json").read_text())
+    modes = {"off", "on", "on+tracemalloc", "on+memray"}
+    for per_mode in result["latency"]["figures"].values():
+        assert set(per_mode) == modes and per_mode["on+memray"]["paired_ratio_vs_off"] is not None
+    assert set(result["lag"]) == modes and set(result["rss"]) == modes
+    assert all(op["error"] is None and op["max_lag_ms"] is not None for op in result["operations"]), result
+    assert "## Targets" in (tmp_path / "memray.md").read_text()

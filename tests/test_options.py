@@ -31,7 +31,7 @@ def parse(*argv: str, environ: Mapping[str, str] | None = None) -> MemwatchOptio
 def _sample_value(name: str) -> str:
     """ A valid value other than the default, as text. """
     default = getattr(MemwatchOptions(), name)
-    special = {"heap_fork": "never", "token": "a-token-of-sixteen-chars", "recycle_at": "0.5",
+    special = {"heap_fork": "never", "allocations": "memray", "token": "a-token-of-sixteen-chars", "recycle_at": "0.5",
                "limit_fraction": "0.5", "history_dir": "none", "cgroup_root": "/nonexistent"}
     if name in special:
         return special[name]

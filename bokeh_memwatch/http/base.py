@@ -51,6 +51,14 @@ from tornado.web import HTTPError, RequestHandler
 
 from ..analyze.why_alive import SessionAlive, SessionCollected, UnknownSession
 from ..cluster.forwarding import is_loopback
+from ..heap.memray_backend import (
+    HelperFailed,
+    MemrayBusy,
+    MemrayError,
+    MemrayReadBusy,
+    MemrayUnavailable,
+    UnknownCapture,
+)
 from ..heap.snapshots import BaselineMissing, NotTracing, SnapshotError, SnapshotTooLarge, UnknownSnapshot
 from ..heap.worker import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
 from ..saferepr import merge_json_objects, render_json
@@ -86,7 +94,7 @@ MAX_JSON_DEPTH = 32
 #: An error of the layers below -> (status, its reason for the client); the
 #: first matching row applies, so subclasses come first.  The reason is made
 #: from the error and the handler (its :attr:`JSONHandler.job`).
-ErrorRow = tuple[type[Exception], int, Callable[[Exception, "JSONHandler"], str]]
+ErrorRow = tuple[type[Exception], int | Callable[[Exception], int], Callable[[Exception, "JSONHandler"], str]]
 ERROR_STATUS: tuple[ErrorRow, ...] = (
     (UnknownSession, 404, lambda e, h: f"no session {str(e.args[0] if e.args else '')[:80]!r} is known to memwatch"),
     (SessionAlive, 409, lambda e, h: "that session is alive: the server holds its Document"),
@@ -100,6 +108,12 @@ ERROR_STATUS: tuple[ErrorRow, ...] = (
     (ForkRefused, 409, lambda e, h: str(e)),
     (HeapWorkError, 503, lambda e, h: f"the {h.job} failed in its worker (logged on the server)"),
     (SnapshotError, 409, lambda e, h: str(e)[:300]),
+    (MemrayUnavailable, 501, lambda e, h: str(e)),
+    (UnknownCapture, 404, lambda e, h: str(e)),
+    (MemrayReadBusy, 429, lambda e, h: str(e)),
+    (MemrayBusy, 409, lambda e, h: str(e)),
+    (HelperFailed, lambda e: 504 if getattr(e, "timed_out", False) else 503, lambda e, h: str(e)[:300]),
+    (MemrayError, 409, lambda e, h: str(e)[:300]),  # NotTrackingMemray and the rest
 )
 
 #: The reason of a 409 for work that needs tracemalloc.
@@ -138,8 +152,9 @@ class JSONHandler(AuthRequestHandler):
         except HTTPError:
             raise
         except Exception as e:
-            for kind, status, reason in ERROR_STATUS:
+            for kind, status_of, reason in ERROR_STATUS:
                 if isinstance(e, kind):
+                    status = status_of if isinstance(status_of, int) else status_of(e)
                     if status == 429:
                         self.set_header("Retry-After", str(self.busy_retry_after_s))
                     if status == 503:

@@ -21,6 +21,7 @@ from ..heap.snapshots import (
 )
 from ..heap.types import MAX_TYPE_ROWS
 from ..report.bug_report import build_report
+from ..saferepr import merge_json_objects, render_json
 from .base import JSONHandler, int_arg, json_body, no_query_args
 
 if TYPE_CHECKING:
@@ -195,6 +196,10 @@ class ReportHandler(SnapshotHandler):
         no_query_args(self, ("chains",))
         max_chains = int_arg(self, "chains", 5, lo=0, hi=50)
         report = await self.run(build_report(self.manager, self.memwatch, max_chains=max_chains))
+        # issue 18: a "memray" section (state, and the window closed now) when memray tracks.
+        memray = self.memwatch.memray
+        if memray.tracking:
+            report = merge_json_objects(report, render_json({"memray": await memray.report_section()}, indent=1))
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self.set_header("Content-Disposition",
                         f'attachment; filename="memwatch-report-{os.getpid()}-{stamp}.json"')

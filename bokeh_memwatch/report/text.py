@@ -82,6 +82,15 @@ def format_report(report: Mapping[str, Any], *, limit: int = 15) -> str:
             out.append(f"  ({data['error']})")
         else:
             out.append(format_allocators(data.get("allocators", [])[:limit]))
+    memray = report.get("memray")  # issue 18: the memray backend's section (heap/memray_backend.py)
+    if memray is not None:
+        allocators = memray.get("allocators") or {}
+        capture = allocators.get("capture") or {}
+        section(f"memray: alive at the end of a {capture.get('window_s', '?')} s window, by line")
+        if "error" in allocators:
+            out.append(f"  ({allocators['error']})")
+        else:
+            out.append(format_allocators(allocators.get("allocators", [])[:limit]))
     types = report.get("types") or {}
     section("Types (pympler)")
     if "error" in types:

@@ -97,6 +97,9 @@ NASTY: list[Nasty] = []
 #: The last session's Document, overwritten by each new leak_last_session.py session.
 LAST: Document | None = None
 
+#: leak_numpy.py: one 2 MB numpy array per session.
+ARRAYS: list[Any] = []
+
 #: Set to make every leaky-worker thread return; :func:`stop_threads` clears it again.
 STOP = threading.Event()
 
@@ -207,6 +210,7 @@ def reset(timeout_s: float = 5.0) -> None:
     global LAST, GLOBAL_SELECT
     DOCS.clear()
     FEED.clear()
+    ARRAYS.clear()
     for nasty in NASTY:
         nasty.__class__ = _Defused  # type: ignore[assignment]
     NASTY.clear()

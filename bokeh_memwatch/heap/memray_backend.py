@@ -35,6 +35,10 @@ Only one memray Tracker may be active in a process: when something else
 :class:`MemrayBusy`.
 
 This module imports neither tornado nor ``bokeh.server``.
+
+Over 400 lines: this file is also the helper's script (a fresh interpreter
+runs it to read memray's files), so the tracker's lifecycle, the window
+rotation and the helper's protocol, both of its ends, stay in one place.
 """
 from __future__ import annotations
 

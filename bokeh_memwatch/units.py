@@ -30,6 +30,9 @@ __all__ = (
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
+#: What a missing value reads as (an en dash, as dashboard.js writes it).
+MISSING = "\u2013"
+
 
 def _round1(value: float) -> str:
     """ One decimal, ties away from zero (as ``dashboard.js`` rounds: Python's
@@ -39,9 +42,9 @@ def _round1(value: float) -> str:
 
 def format_bytes(n: float | None) -> str:
     """ ``1536 -> "1.5 KiB"``: IEC units, one decimal (whole bytes below
-    1 KiB), ``"-"`` prefix for negative values; None or NaN: ``"–"``. """
+    1 KiB), ``"-"`` prefix for negative values; None or NaN: ``MISSING``. """
     if n is None or not math.isfinite(n):
-        return "–"
+        return MISSING
     sign = "-" if n < 0 else ""
     value = abs(float(n))
     if value < 1024:
@@ -55,9 +58,9 @@ def format_bytes(n: float | None) -> str:
 
 def format_duration(seconds: float | None) -> str:
     """ ``0.1115 -> "112 ms"``, ``7.911 -> "7.9 s"``, ``185 -> "3 min 5 s"``,
-    ``7440 -> "2 h 4 min"``, ``262800 -> "3 d 1 h"``; None or NaN: ``"–"``. """
+    ``7440 -> "2 h 4 min"``, ``262800 -> "3 d 1 h"``; None or NaN: ``MISSING``. """
     if seconds is None or not math.isfinite(seconds):
-        return "–"
+        return MISSING
     sign = "-" if seconds < 0 else ""
     s = abs(float(seconds))
     if s < 1:
@@ -82,5 +85,5 @@ def format_interval_ms(ms: float | None) -> str:
 def format_clock(unix_s: float | None) -> str:
     """ A time of day, 24 h, local time: ``"22:27:05"``. """
     if unix_s is None or not math.isfinite(unix_s):
-        return "–"
+        return MISSING
     return time.strftime("%H:%M:%S", time.localtime(unix_s))

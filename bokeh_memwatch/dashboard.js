@@ -1052,6 +1052,7 @@
     setWindow: setWindow,
     setRefresh: setRefresh,
     selectionChanged: selectionChanged,
+    fitCounts: fitCounts,
     format: window.memwatchFormat,
   };
 

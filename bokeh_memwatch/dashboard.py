@@ -318,7 +318,7 @@ def _timeline_plots() -> list[LayoutDOM]:
                     legend_label=label)
     spikes = ColumnDataSource(data={"t": [], "y": [], "value": [], "series": []}, name="spikes_source")
     spike_glyph = counts.scatter("t", "y", source=spikes, marker="triangle", size=9, color="#444",
-                                 legend_label="peak above the scale (hover)")
+                                 legend_label="peak above the scale")
     counts.add_tools(HoverTool(renderers=[spike_glyph], formatters={"@t": "datetime"},
                                tooltips=[("time", "@t{%H:%M:%S}"), ("peak", "@series: @value")]))
     counts.yaxis.axis_label = "count"
@@ -353,6 +353,8 @@ def _timeline_plots() -> list[LayoutDOM]:
         legend.update(padding=2, margin=0)
         plot.add_layout(legend, "above")  # never over the data
         plot.min_border_left = 70  # the same for all, so their time axes line up
+    # Five entries: three to a line, so the legend fits a 700 px page.
+    counts.legend[0].ncols = 3
     activity.xaxis.axis_label = "local time"
     return [memory, traced, counts, activity]
 

@@ -414,3 +414,21 @@ def test_wheel_zoom_refresh_control_links_and_spikes(serve, browser) -> None:
         page.js("out => window.memwatchDashboard.fitCounts(out)", out)
         assert page.js("() => Bokeh.documents[0].get_model_by_name('counts_range').end") >= 50
         assert page.errors == [], page.errors
+
+
+def test_a_browser_without_credentials_gets_a_page_and_the_token_leaves_the_address_bar(serve, browser) -> None:
+    token = "correct-horse-battery-staple"
+    server = serve({"/app": script_app("clean")}, token=token)
+    page = Page(browser, server.url + "/memwatch")
+    try:
+        assert page.response.status == 401
+        assert page.response.headers["content-type"].startswith("text/html")
+        assert page.page.locator("h1").inner_text().startswith("memwatch: 401")
+        page.page.fill("input[name=token]", token)
+        page.page.click("button[type=submit]")
+        page.wait("() => window.memwatchDashboard && window.memwatchDashboard.state.polls >= 1")
+        assert page.page.url == server.url + "/memwatch", page.page.url  # no ?token= in the address bar
+        assert token not in page.page.url
+        assert "process" in page.text("status")  # the API answers: the cookie works
+    finally:
+        page.close()

@@ -368,6 +368,10 @@
     }
     setData("timeline_source", out);
     fitCounts(out);
+    fitTime(out.t);
+    fitRange("memory_range", out.rss_bytes, 10 * MiB, false);
+    fitRange("traced_range", out.traced_bytes, MiB, false);
+    fitRange("activity_range", out.opened.concat(out.closed), 2, true);
     var memory = model("memory_plot");
     if (memory) {
       var title = "Resident memory (RSS), last " + windowLabel(state.windowS);
@@ -385,6 +389,47 @@
       var activityTitle = "Sessions opened (up) and closed (down) per sample" + (bars ? "" : ": none in this window");
       if (activity.title.text !== activityTitle) activity.title.text = activityTitle;
     }
+  }
+
+  // The shared time axis shows the window's data, and keeps following it
+  // unless the user zoomed or panned (then only "reset" brings it back:
+  // reset_start/reset_end are always the data's span).
+  function fitTime(t) {
+    var range = model("time_range");
+    if (!range || !t.length) return;
+    var span = Math.max(t[t.length - 1] - t[0], 1000);
+    var start = t[0] - 0.02 * span, end = t[t.length - 1] + 0.02 * span;
+    var last = state.timeSet;
+    var following = last === undefined || (range.start === last.start && range.end === last.end) ||
+      (range.start === range.reset_start && range.end === range.reset_end);
+    range.reset_start = start;
+    range.reset_end = end;
+    if (following) {
+      range.setv({ start: start, end: end });
+      state.timeSet = { start: start, end: end };
+    }
+  }
+
+  // A y-range on the finite values, padded, never narrower than minInterval
+  // (so noise is not magnified); symmetric around 0 for the activity bars.
+  function fitRange(name, values, minInterval, symmetric) {
+    var range = model(name);
+    if (!range) return;
+    var lo = Infinity, hi = -Infinity;
+    values.forEach(function (v) { if (!isNaN(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); } });
+    var start, end;
+    if (symmetric) {
+      var m = isFinite(hi) ? Math.max(Math.abs(lo), Math.abs(hi), minInterval / 2) : minInterval / 2;
+      start = -1.15 * m; end = 1.15 * m;
+    } else if (!isFinite(lo)) {
+      start = 0; end = minInterval;
+    } else {
+      var pad = Math.max(0.2 * (hi - lo), (minInterval - (hi - lo)) / 2, 0);
+      start = Math.max(0, lo - pad); end = hi + pad;
+      if (end - start < minInterval) end = start + minInterval;
+    }
+    if (range.start !== start) range.start = start;
+    if (range.end !== end) range.end = end;
   }
 
   // The counts plot's y-range follows the bulk of the values (their 95th

@@ -34,7 +34,6 @@ from bokeh.models import (
     CustomJS,
     CustomJSHover,
     CustomJSTickFormatter,
-    DataRange1d,
     DatetimeTickFormatter,
     HoverTool,
     InlineStyleSheet,
@@ -286,11 +285,15 @@ def _timeline_plots() -> list[LayoutDOM]:
         name="timeline_source",
     )
     # RSS alone on its axis: traced memory (often a tenth of it) would squash its growth.
-    memory = _time_plot("memory_plot", "Resident memory (RSS)", 240)
+    # The time axis follows the data (dashboard.js fitTime) until the user zooms or pans it.
+    memory = _time_plot("memory_plot", "Resident memory (RSS)", 240, x_range=Range1d(start=0, end=1, name="time_range"))
     memory.line("t", "rss_bytes", source=source, line_width=2, color="#1f77b4", legend_label="RSS: resident memory")
     memory.yaxis.formatter = _bytes_ticks()
-    # Zoomed on the data, so growth shows; but never magnify less than 10 MiB of noise.
-    memory.y_range = DataRange1d(min_interval=10 * 2**20, range_padding=0.2, name="memory_range")
+    # Zoomed on the data, so growth shows; but never magnify less than 10 MiB of
+    # noise.  The y-ranges are Range1d set by dashboard.js (fitRange): a
+    # DataRange1d of no finite value (tracemalloc off, no session activity)
+    # logs "could not set initial ranges" at every render.
+    memory.y_range = Range1d(start=0, end=1, name="memory_range")
     memory.add_tools(HoverTool(tooltips=[("time", "@t{%H:%M:%S}"), ("RSS", "@rss_bytes{custom}")],
                                formatters={"@t": "datetime", "@rss_bytes": _bytes_hover()}, mode="vline"))
 
@@ -298,7 +301,7 @@ def _timeline_plots() -> list[LayoutDOM]:
     traced.line("t", "traced_bytes", source=source, line_width=2, color="#ff7f0e",
                 legend_label="traced by tracemalloc (Python allocations)")
     traced.yaxis.formatter = _bytes_ticks()
-    traced.y_range = DataRange1d(min_interval=2**20, range_padding=0.2, name="traced_range")
+    traced.y_range = Range1d(start=0, end=1, name="traced_range")
     traced.add_tools(HoverTool(tooltips=[("time", "@t{%H:%M:%S}"), ("traced", "@traced_bytes{custom}")],
                                formatters={"@t": "datetime", "@traced_bytes": _bytes_hover()}, mode="vline"))
 
@@ -333,6 +336,7 @@ def _timeline_plots() -> list[LayoutDOM]:
                   legend_label="opened")
     activity.vbar(x="t", top="closed", width="width", source=source, color="#7f7f7f", alpha=0.6,
                   legend_label="closed")
+    activity.y_range = Range1d(start=-1, end=1, name="activity_range")
     activity.yaxis.axis_label = "sessions"
     activity.yaxis.formatter = CustomJSTickFormatter(code="return Math.abs(tick).toString();")
     activity.yaxis.ticker = BasicTicker(min_interval=1, desired_num_ticks=4)

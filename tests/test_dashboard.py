@@ -285,6 +285,15 @@ def test_allocators_table_follows_its_grouping(serve, browser) -> None:
             diffs = shown(page, "allocators_table", 3, lambda c: all(re.match(r"-?\d", x) for x in c),
                           "growth since the baseline", timeout_s=30)
             assert all(re.fullmatch(r"-?\d+(\.\d)? (B|KiB|MiB|GiB)", d) for d in diffs), diffs
+
+            # The baseline's snapshot is a download on the page ...
+            page.wait("() => Bokeh.documents[0].get_model_by_name('snapshots').text"
+                      ".includes('snapshots/baseline/tracemalloc')", 30)
+            # ... and the types summary compares to it.
+            page.js("() => { Bokeh.documents[0].get_model_by_name('types_compare').active = [0]; }")
+            grown = shown(page, "types_table", 3, lambda c: all(re.fullmatch(r"-?[\d,]+", x) for x in c),
+                          "types compared to the baseline", timeout_s=90)
+            assert grown and "since the baseline" in page.text("types_status")
             assert page.errors == [], page.errors
     finally:
         if not was_tracing and tracemalloc.is_tracing():

@@ -52,7 +52,8 @@ _CSS = (
     "<style>.mw-cards{display:flex;flex-wrap:wrap;gap:8px;margin:6px 0}"
     ".mw-card{border:1px solid #8884;border-radius:6px;padding:4px 10px;min-width:130px}"
     ".mw-card .l{font-size:11px;opacity:.75}.mw-card .v{font-size:22px;font-weight:600}"
-    ".mw-bad{color:#e53935}.mw-warn{color:#fb8c00}.mw-apps td,.mw-apps th{padding:1px 12px 1px 0;text-align:left}"
+    ".mw-bad{color:#e53935}.mw-warn{color:#fb8c00}a{color:#42a5f5}"
+    ".mw-apps td,.mw-apps th{padding:1px 12px 1px 0;text-align:left}"
     "</style>"
 )
 

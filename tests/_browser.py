@@ -59,7 +59,9 @@ _CELLS_JS = """
                 return cell ? cell.innerText : null;
             });
         }
-        const children = typeof view.children_views === "function" ? view.children_views() : [];
+        // children_views() since Bokeh 3.5 or so; child_views (layouts) before.
+        const children = typeof view.children_views === "function" ? view.children_views()
+            : (view.child_views || []);
         for (const child of children) stack.push(child);
     }
     throw new Error("no view of " + name);

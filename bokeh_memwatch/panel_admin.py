@@ -93,17 +93,20 @@ def render_summary(summary: dict[str, Any], dashboard_url: str = "memwatch") -> 
 def memory_tab(memwatch: MemWatch) -> Any:
     """ The tab's component for the current (admin) session. """
     import panel as pn
+    from bokeh.models.widgets import Div
 
-    pane = pn.pane.HTML(  # type: ignore[no-untyped-call]
-        render_summary(memwatch.summary()), sizing_mode="stretch_width", name="memwatch")
+    # A Bokeh Div, not pn.pane.HTML: Panel 1.6's HTML view stays
+    # visibility:hidden in an admin tab (it waits for its stylesheets).
+    div = Div(text=render_summary(memwatch.summary()), sizing_mode="stretch_width", name="memwatch")
 
     def refresh() -> None:
         try:
-            pane.object = render_summary(memwatch.summary())
+            div.text = render_summary(memwatch.summary())
         except Exception:
             log.warning("memwatch admin tab: could not read the summary", exc_info=True)
 
     pn.state.add_periodic_callback(refresh, period=REFRESH_MS)
+    pane = pn.pane.Bokeh(div)  # type: ignore[no-untyped-call]
     return pn.Column(pane, sizing_mode="stretch_width", name=TAB_TITLE)
 
 

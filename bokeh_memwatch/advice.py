@@ -66,13 +66,10 @@ GROWTH_MIN_SAMPLES = 3
 
 
 def format_bytes(n: float) -> str:
-    """ ``1536 -> '1.5 KiB'``: binary units, one decimal. """
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"  # pragma: no cover - loop always returns
+    """ ``1536 -> '1.5 KiB'``: binary units, one decimal (:func:`bokeh_memwatch.units.format_bytes`). """
+    from .units import format_bytes as _format_bytes
+
+    return _format_bytes(n)
 
 
 def grows(first: Mapping[str, Any], last: Mapping[str, Any]) -> bool:
@@ -284,8 +281,12 @@ def _growth(app: str, history: Sequence[Mapping[str, Any]],
             "the session instead of in a module global.",
             "references", app,
         )]
+    # Sessions, never Documents plus Models: an orphan is one session (its
+    # Document), and so is a session in the models_retained state, however
+    # many Models it keeps (models_retained_sessions; models_retained counts Models).
     values = [
-        _int((s.get("apps") or {}).get(app), "orphans") + _int((s.get("apps") or {}).get(app), "models_retained")
+        _int((s.get("apps") or {}).get(app), "orphans")
+        + _int((s.get("apps") or {}).get(app), "models_retained_sessions")
         for s in history
     ]
     if len(values) < GROWTH_MIN_SAMPLES:
@@ -295,8 +296,8 @@ def _growth(app: str, history: Sequence[Mapping[str, Any]],
         return [_item(
             "orphans-growing", "error",
             "Orphans keep growing",
-            f"{app}: orphans + retained Models went from {values[0]} to {values[-1]} over the last "
-            f"{len(values)} samples.",
+            f"{app}: destroyed sessions proven to hold memory (orphaned Documents and sessions with "
+            f"retained Models) went from {values[0]} to {values[-1]} over the last {len(values)} samples.",
             "Memory is lost with every session. Open the chain of one orphan to find the holder; until "
             "it is fixed, recycle worker processes and set container memory limits.",
             "scale", app,

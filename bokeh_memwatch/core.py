@@ -499,7 +499,8 @@ class MemWatch:
             "traced_bytes": latest.get("traced_bytes") if latest else None,
         }
         for key in ("sessions", "connections", "documents", "models", "data_bytes", "orphans",
-                    "pending_orphans", "held_by_timers", "awaiting_collection", "models_retained"):
+                    "pending_orphans", "held_by_timers", "awaiting_collection", "models_retained",
+                    "models_retained_sessions"):
             result[key] = int(counts.totals.get(key, 0))
         result["verification"] = self.verification_state()
         result.update(self.tracker.counters())

@@ -1008,13 +1008,10 @@ def _unlink(*paths: str) -> None:
 
 
 def _fmt_bytes(n: float) -> str:
-    sign = "-" if n < 0 else ""
-    n = abs(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
-        n /= 1024
-    return f"{sign}{n:.1f} GiB"  # pragma: no cover - the loop returns
+    # One set of rules with the dashboard and the advice (units.py).
+    from .units import format_bytes
+
+    return format_bytes(n)
 
 
 def format_allocators(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -1054,6 +1051,10 @@ def format_report(report: Mapping[str, Any], *, limit: int = 15) -> str:
         if key in summary:
             value = summary[key]
             text = _fmt_bytes(value) if key.endswith("_bytes") and isinstance(value, (int, float)) else value
+            if key == "uptime_s" and isinstance(value, (int, float)):  # as the dashboard writes it (units.py)
+                from .units import format_duration
+
+                text = format_duration(value)
             out.append(f"  {key:<26} {text}")
     sessions = report.get("sessions") or []
     section(f"Sessions ({len(sessions)})")

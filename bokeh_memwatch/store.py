@@ -49,6 +49,7 @@ PROCESS_FIELDS: tuple[str, ...] = (
     "held_by_timers",
     "awaiting_collection",
     "models_retained",
+    "models_retained_sessions",
     "sessions_created_total",
     "sessions_destroyed_total",
     "tick_ms",
@@ -66,13 +67,14 @@ APP_FIELDS: tuple[str, ...] = (
     "data_bytes",
     "orphans",
     "models_retained",
+    "models_retained_sessions",
 )
 
 #: Fields that are small counts (far below 2**24): stored as 4-byte floats.
 COUNT_FIELDS: frozenset[str] = frozenset({
     "gc_gen0", "gc_gen1", "gc_gen2", "gc_collections_gen2", "sessions", "connected", "unused",
     "connections", "documents", "models", "orphans", "pending_orphans", "models_retained", "errors",
-    "held_by_timers", "awaiting_collection",
+    "held_by_timers", "awaiting_collection", "models_retained_sessions",
 })
 
 #: Applications with history columns of their own; more are counted in the

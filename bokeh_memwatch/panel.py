@@ -1,6 +1,8 @@
 """ Panel plugin: ``panel serve app.py --plugins bokeh_memwatch.panel``.
 
-Panel imports this module and mounts its ``ROUTES`` (under ``--prefix``).
+Panel imports this module and mounts its ``ROUTES`` (under ``--prefix``);
+with ``--admin``, Panel's ``/admin`` page gets a "Memory" tab
+(:mod:`bokeh_memwatch.ui.panel_admin`, through ``pn.config.admin_plugins``).
 Panel gives a plugin nothing else, so memwatch attaches itself to the server
 when Bokeh starts it (in every worker with ``--num-procs``), instruments its
 applications and starts sampling.  Options come from ``BOKEH_MEMWATCH_*``
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._bokeh_internals import on_tornado_start
 from .memwatch import MemWatch
 from .options import options_from_env
+from .ui.panel_admin import install as install_admin_tab
 
 if TYPE_CHECKING:
     from bokeh.server.tornado import BokehTornado
@@ -39,3 +42,5 @@ def _attach(app: BokehTornado) -> None:
 
 
 on_tornado_start(_attach)
+
+install_admin_tab(MEMWATCH)

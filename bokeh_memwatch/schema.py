@@ -1,12 +1,14 @@
 """ The one schema: the fields of a sample, the states of a destroyed
-session, the Prometheus metric names, and how bytes are written for people.
+session, and the Prometheus metric names (how values are written for people is
+:mod:`bokeh_memwatch.units`).
 
 The store, the history database, the cluster's worker rows, the summary, the
 metrics, the API and the reports read their names from here.  Two spellings
 of one figure stay for compatibility, both defined only here: a sample's
 ``models_retained`` count (and the tracker's status of that name) is the
 length of ``GET api/orphans``'s ``retained_models`` list and the metric
-``bokeh_memwatch_retained_models``.
+``bokeh_memwatch_retained_models``; ``models_retained_sessions`` counts the
+sessions in that state.
 
 This module imports nothing of memwatch, tornado or Bokeh.
 """
@@ -35,7 +37,6 @@ __all__ = (
     "STATES",
     "UNJUDGED_STATES",
     "WORKER_FIELDS",
-    "format_bytes",
     "proven_leaks",
 )
 
@@ -54,6 +55,7 @@ SESSION_COUNTS: tuple[str, ...] = (
     "held_by_timers",
     "awaiting_collection",
     "models_retained",
+    "models_retained_sessions",
 )
 
 #: Fields recorded once per sample for the whole process (the store's and
@@ -85,13 +87,14 @@ APP_FIELDS: tuple[str, ...] = (
     "data_bytes",
     "orphans",
     "models_retained",
+    "models_retained_sessions",
 )
 
 #: Fields that are small counts (far below 2**24): stored as 4-byte floats.
 COUNT_FIELDS: frozenset[str] = frozenset({
     "gc_gen0", "gc_gen1", "gc_gen2", "gc_collections_gen2", "sessions", "connected", "unused",
     "connections", "documents", "models", "orphans", "pending_orphans", "models_retained", "errors",
-    "held_by_timers", "awaiting_collection",
+    "held_by_timers", "awaiting_collection", "models_retained_sessions",
 })
 
 #: A worker's row in ``summary["workers"]``.
@@ -197,17 +200,3 @@ METRIC_NAMES: tuple[str, ...] = (
     METRIC_PREFIX + "census_type_growth_bytes_per_session",
     *(METRIC_PREFIX + name for name in RECYCLE_METRICS),
 )
-
-
-
-# -- people -------------------------------------------------------------------------------
-
-
-def format_bytes(n: float) -> str:
-    """ ``1536 -> '1.5 KiB'``: binary units, one decimal (whole bytes below 1 KiB). """
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"  # pragma: no cover - the loop returns

@@ -26,7 +26,7 @@ import bokeh_memwatch
 #: The layers, lowest first.  A module may import its own layer and those
 #: below.  A name is a top-level module or a subpackage of ``bokeh_memwatch``.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_version", "saferepr", "schema", "_bokeh_internals"),  # foundations
+    ("_version", "saferepr", "schema", "units", "_bokeh_internals"),  # foundations
     ("heap",),        # referents, frames, the forked worker, reachability, chains, census, snapshots
     ("collect",),     # process, cgroup, the session tracker and the app handler feeding it
     ("analyze",),     # advice, the memory-limit guard and report

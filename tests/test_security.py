@@ -469,3 +469,58 @@ def test_the_chain_cache_is_bounded_by_size_and_age(serve) -> None:
     time.sleep(0.6)  # past chain_cache_s: a lower bound, not a race
     api(server2.url, f"orphans/{second}/chain", "POST")
     assert server2.call(lambda: list(young.why_alive.cache)) == [second]
+
+
+# -- issue 14: what a browser gets (error_pages.py) ------------------------------------------
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def test_errors_are_a_page_for_a_browser_and_json_otherwise(serve) -> None:
+    server = serve({"/clean": script_app("clean")}, token=TOKEN)
+    base = f"{server.url}/memwatch"
+    for path in ("", "/api/summary"):
+        status, headers, body = http("GET", base + path, headers={"Accept": BROWSER_ACCEPT})
+        assert status == 401 and headers["Content-Type"].startswith("text/html"), (status, headers)
+        assert "<h1>memwatch: 401" in body and "name='token'" in body and "<script" not in body
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+        for accept in ({}, {"Accept": "application/json"}, {"Accept": "*/*"}):
+            status, headers, body = http("GET", base + path, headers=accept)
+            assert status == 401 and headers["Content-Type"].startswith("application/json")
+            assert body["status"] == 401 and "token" in body["error"]
+    # What the request named is escaped, never markup (tornado itself refuses "<" in a reason).
+    status, _, body = http("GET", f"{base}/api/x&y'z", headers={"Accept": BROWSER_ACCEPT, "X-Memwatch-Token": TOKEN})
+    assert status == 404 and "x&amp;y&#x27;z" in body and "x&y'z" not in body, body
+
+    # 403: a proxied request to a server without authentication.
+    plain = serve({"/clean": script_app("clean")})
+    status, headers, body = http("GET", f"{plain.url}/memwatch", headers={"Accept": BROWSER_ACCEPT,
+                                                                           "X-Forwarded-For": "203.0.113.9"})
+    assert status == 403 and headers["Content-Type"].startswith("text/html") and "proxy" in body
+    assert "name='token'" not in body and "ask the operator" in body
+
+
+def test_a_token_in_the_address_bar_is_redirected_away(serve) -> None:
+    server = serve({"/clean": script_app("clean")}, token=TOKEN)
+    quoted = urllib.parse.quote(TOKEN)
+    opener = urllib.request.build_opener(_NoRedirect)
+    sessions = "/memwatch/api/sessions?app=%2Fclean"
+    for path, location in ((f"/memwatch?token={quoted}", "/memwatch"), (f"{sessions}&token={quoted}", sessions)):
+        request = urllib.request.Request(server.url + path, headers={"Accept": BROWSER_ACCEPT})
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            opener.open(request, timeout=30)
+        response = raised.value
+        assert response.code == 303, response.code
+        assert response.headers["Location"] == location
+        cookie = response.headers["Set-Cookie"]
+        assert "memwatch_token=" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    # A wrong token is no redirect, and a script (no HTML in Accept) keeps its answer.
+    status, _, _ = http("GET", f"{server.url}/memwatch?token=wrong-wrong-wrong-wrong",
+                        headers={"Accept": BROWSER_ACCEPT})
+    assert status == 401
+    assert api(server.url, f"summary?token={quoted}")["pid"] == os.getpid()

@@ -24,7 +24,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..schema import PROVEN_STATES, format_bytes
+from ..schema import PROVEN_STATES
+from ..units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +276,12 @@ def _growth(app: str, history: Sequence[Mapping[str, Any]],
             "the session instead of in a module global.",
             "references", app,
         )]
+    # Sessions, never Documents plus Models: an orphan is one session (its
+    # Document), and so is a session in the models_retained state, however
+    # many Models it keeps (models_retained_sessions; models_retained counts Models).
     values = [
-        _int((s.get("apps") or {}).get(app), "orphans") + _int((s.get("apps") or {}).get(app), "models_retained")
+        _int((s.get("apps") or {}).get(app), "orphans")
+        + _int((s.get("apps") or {}).get(app), "models_retained_sessions")
         for s in history
     ]
     if len(values) < GROWTH_MIN_SAMPLES:
@@ -286,8 +291,8 @@ def _growth(app: str, history: Sequence[Mapping[str, Any]],
         return [_item(
             "orphans-growing", "error",
             "Orphans keep growing",
-            f"{app}: orphans + retained Models went from {values[0]} to {values[-1]} over the last "
-            f"{len(values)} samples.",
+            f"{app}: destroyed sessions proven to hold memory (orphaned Documents and sessions with "
+            f"retained Models) went from {values[0]} to {values[-1]} over the last {len(values)} samples.",
             "Memory is lost with every session. Open the chain of one orphan to find the holder; until "
             "it is fixed, recycle worker processes and set container memory limits.",
             "scale", app,

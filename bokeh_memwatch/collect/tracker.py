@@ -378,6 +378,7 @@ class SessionTracker:
                 counts["data_bytes"] += record.retained_bytes
             elif state == "models_retained":
                 counts["models_retained"] += self._retained_model_count(record)
+                counts["models_retained_sessions"] += 1  # sessions, where models_retained counts Models
                 counts["data_bytes"] += record.retained_bytes
             else:
                 totals[_STATE_TOTALS[state]] += 1
@@ -725,6 +726,8 @@ def _empty_app_counts() -> dict[str, float]:
         "data_bytes": 0,
         "orphans": 0,
         "models_retained": 0,
+        # Destroyed sessions in the models_retained state (models_retained counts their Models).
+        "models_retained_sessions": 0,
     }
 
 

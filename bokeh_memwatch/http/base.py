@@ -62,6 +62,7 @@ from ..heap.memray_backend import (
 from ..heap.snapshots import BaselineMissing, NotTracing, SnapshotError, SnapshotTooLarge, UnknownSnapshot
 from ..heap.worker import ForkRefused, HeapWorkBusy, HeapWorkError, HeapWorkTimeout
 from ..saferepr import merge_json_objects, render_json
+from .error_pages import ERROR_PAGE_CSP, render_error_page, url_without_token, wants_html
 
 if TYPE_CHECKING:
     from tornado.httputil import HTTPServerRequest
@@ -169,6 +170,10 @@ class JSONHandler(AuthRequestHandler):
         with self.errors():
             return await work
 
+    #: Set by ``_token_ok`` when a valid ``?token=`` set the cookie (a browser is then
+    #: redirected to the same URL without it, error_pages.url_without_token).
+    token_cookie_set: bool = False
+
     def __init__(self, application: Application, request: HTTPServerRequest, **kwargs: Any) -> None:
         # Before anything can log the request (tornado's access log, its
         # 405 for an unknown method, an uncaught exception's repr).
@@ -196,6 +201,9 @@ class JSONHandler(AuthRequestHandler):
             check_access(self, self.memwatch.options)
             if not (self.cross_site_navigation and self.request.method == "GET" and _is_navigation(self.request)):
                 check_same_origin(self)
+            if self.token_cookie_set and self.request.method == "GET" and wants_html(self.request):
+                self.redirect(url_without_token(self.request), status=303)  # the token leaves the address bar
+                return
         await forward_request(self, self.memwatch)  # answered by the worker that owns the object, if another
 
     def write_json(self, data: dict[str, Any], status: int = 200, *, rendered: bytes | None = None) -> None:
@@ -210,6 +218,13 @@ class JSONHandler(AuthRequestHandler):
         exc_info = kwargs.get("exc_info")
         if exc_info is not None and not isinstance(exc_info[1], HTTPError):
             reason = "internal error in memwatch (logged on the server)"
+        if wants_html(self.request):  # a browser: a page saying what to do (error_pages.py)
+            memwatch = getattr(self, "memwatch", None)
+            token_form = status_code == 401 and memwatch is not None and bool(memwatch.options.token)
+            self.set_header("Content-Type", "text/html; charset=UTF-8")
+            self.set_header("Content-Security-Policy", ERROR_PAGE_CSP)
+            self.finish(render_error_page(status_code, reason, path=self.request.path, token_form=token_form))
+            return
         self.finish(json.dumps({"pid": os.getpid(), "status": status_code, "error": reason}))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
@@ -343,6 +358,7 @@ def _token_ok(handler: JSONHandler, token: str) -> bool:
             TOKEN_COOKIE, token, path=f"{prefix}/memwatch", httponly=True, samesite="Strict",
             secure=handler.request.protocol == "https",
         )
+        handler.token_cookie_set = True
         ok = True
     return ok
 

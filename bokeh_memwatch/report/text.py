@@ -9,7 +9,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..schema import format_bytes, proven_leaks
+from ..schema import proven_leaks
+from ..units import format_bytes, format_duration
 from .bug_report import REPORT_FORMAT
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ def format_report(report: Mapping[str, Any], *, limit: int = 15) -> str:
         if key in summary:
             value = summary[key]
             text = format_bytes(value) if key.endswith("_bytes") and isinstance(value, (int, float)) else value
+            if key == "uptime_s" and isinstance(value, (int, float)):  # as the dashboard writes it
+                text = format_duration(value)
             out.append(f"  {key:<26} {text}")
     sessions = report.get("sessions") or []
     section(f"Sessions ({len(sessions)})")

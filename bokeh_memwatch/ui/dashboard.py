@@ -15,8 +15,8 @@ The one extra endpoint, ``api/dashboard/timeline``, is the history shaped for
 the plots: columns instead of rows, only the fields plotted, at most
 ``max_points`` points per window.
 
-Over 400 lines: the page's layout and its handlers; issue 14 reshapes this
-module, so it is moved here as it is.
+Over 400 lines: one page (its cards, plots and tables, the resources it
+loads, the page cache) and its two handlers; its behaviour is dashboard.js.
 """
 from __future__ import annotations
 

@@ -261,7 +261,7 @@ def _send(request: urllib.request.Request) -> tuple[int, dict[str, str], Any]:
         with urllib.request.urlopen(request, timeout=60) as response:
             status, raw, headers = response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as e:
-        with e:  # see conftest.http
+        with e:  # closed here, not by a later gc (see conftest.http)
             status, raw, headers = e.code, e.read(), dict(e.headers)
     try:
         return status, headers, json.loads(raw)
@@ -514,10 +514,11 @@ def test_a_token_in_the_address_bar_is_redirected_away(serve) -> None:
         request = urllib.request.Request(server.url + path, headers={"Accept": BROWSER_ACCEPT})
         with pytest.raises(urllib.error.HTTPError) as raised:
             opener.open(request, timeout=30)
-        response = raised.value
-        assert response.code == 303, response.code
-        assert response.headers["Location"] == location
-        cookie = response.headers["Set-Cookie"]
+        with raised.value as response:  # closed here, not by a later gc
+            code, location_header, cookie = (response.code, response.headers["Location"],
+                                             response.headers["Set-Cookie"])
+        assert code == 303, code
+        assert location_header == location
         assert "memwatch_token=" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
     # A wrong token is no redirect, and a script (no HTML in Accept) keeps its answer.
     status, _, _ = http("GET", f"{server.url}/memwatch?token=wrong-wrong-wrong-wrong",

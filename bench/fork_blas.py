@@ -13,7 +13,7 @@ hang (the parent killed it).  Modes:
 * ``startup_limit``: the app calls ``threadpool_limits(1)`` once at start,
   before any BLAS call (the workers exist but are never used), then plain
   forks; the policy counts such a pool as safe;
-* ``policy``: ``bokeh_memwatch.heapwork.fork_policy()`` decides; it forks
+* ``policy``: ``bokeh_memwatch.heap.worker.fork_policy()`` decides; it forks
   only when it finds no native pool unsafe across fork (and runs nothing
   otherwise: the thread technique would run the job instead).
 
@@ -62,7 +62,7 @@ def _trial(mode: str, forks: int) -> None:
     forked = 0
     for _ in range(forks):
         if mode == "policy":
-            from bokeh_memwatch.heapwork import fork_policy
+            from bokeh_memwatch.heap.worker import fork_policy
 
             if fork_policy().technique != "fork":
                 time.sleep(0.05)
@@ -86,7 +86,7 @@ def _trial(mode: str, forks: int) -> None:
 def _inspection_cost(repeats: int) -> dict[str, Any]:
     code = (
         "import json, time, numpy\n"
-        "from bokeh_memwatch.heapwork import fork_policy\n"
+        "from bokeh_memwatch.heap.worker import fork_policy\n"
         "t = time.perf_counter(); fork_policy(); first = time.perf_counter() - t\n"
         "times = []\n"
         f"for _ in range({repeats}):\n"

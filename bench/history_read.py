@@ -35,9 +35,9 @@ from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.history_db import DB_FILENAME
-from bokeh_memwatch.metrics import make_registry, render
-from bokeh_memwatch.testing import ServerThread
+from bokeh_memwatch.http.metrics import make_registry, render
+from bokeh_memwatch.store.history_db import DB_FILENAME
+from bokeh_memwatch.testing.server import ServerThread
 
 from .history_write import make_sample
 

@@ -22,8 +22,8 @@ import tempfile
 import time
 from typing import Any
 
-from bokeh_memwatch.history_db import HistoryDB
-from bokeh_memwatch.store import APP_FIELDS, PROCESS_FIELDS
+from bokeh_memwatch.schema import APP_FIELDS, PROCESS_FIELDS
+from bokeh_memwatch.store.history_db import HistoryDB
 
 
 def make_sample(t: float, apps: int) -> dict[str, Any]:

@@ -378,7 +378,7 @@ def wait_for_orphan(server: BenchServer, timeout_s: float = 30.0) -> str:
 
 def fill_store(store: Any, samples: int, apps: int) -> float:
     """ Append ``samples`` samples of ``apps`` apps; returns seconds. """
-    from bokeh_memwatch.store import APP_FIELDS, PROCESS_FIELDS
+    from bokeh_memwatch.schema import APP_FIELDS, PROCESS_FIELDS
 
     started = time.perf_counter()
     for i in range(samples):
@@ -393,8 +393,8 @@ def measure_store(samples: int, apps: int) -> dict[str, Any]:
     """ A store sized for 24 h at the default interval, filled with
     ``samples`` samples of ``apps`` apps in this process: once under
     tracemalloc (memory), once without (times). """
-    from bokeh_memwatch.core import MemwatchOptions
-    from bokeh_memwatch.store import SampleStore
+    from bokeh_memwatch.options import MemwatchOptions
+    from bokeh_memwatch.store.ring import SampleStore
 
     capacity = MemwatchOptions().capacity
     tracemalloc.start(1)

@@ -340,7 +340,7 @@ def build_server(args: argparse.Namespace, state: BenchState) -> Any:
     DOCUMENT_WATCH.wrap(Application, "initialize_document")
     if args.mode == "on":
         from bokeh_memwatch import MemWatch, memwatch_server
-        from bokeh_memwatch.instrument import MemwatchAppHandler
+        from bokeh_memwatch.collect.app_handler import MemwatchAppHandler
 
         MEMWATCH_HANDLER_WATCH.wrap(MemwatchAppHandler, "modify_document")
 

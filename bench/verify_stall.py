@@ -40,8 +40,8 @@ from bokeh.application import Application
 from bokeh.application.handlers.script import ScriptHandler
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.collectors import ProcessCollector
-from bokeh_memwatch.testing import ServerThread
+from bokeh_memwatch.collect.process import ProcessCollector
+from bokeh_memwatch.testing.server import ServerThread
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "bench" / "apps" / "realistic.py"

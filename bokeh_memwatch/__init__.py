@@ -8,9 +8,9 @@ what keeps each one alive.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .core import MemWatch, MemwatchOptions, options_from_env
+from ._version import __version__
+from .memwatch import MemWatch
+from .options import MemwatchOptions, options_from_env
 from .server import memwatch_server
 
 __all__ = (

@@ -2,7 +2,7 @@
 
 Panel imports this module and mounts its ``ROUTES`` (under ``--prefix``);
 with ``--admin``, Panel's ``/admin`` page gets a "Memory" tab
-(:mod:`bokeh_memwatch.panel_admin`, through ``pn.config.admin_plugins``).
+(:mod:`bokeh_memwatch.ui.panel_admin`, through ``pn.config.admin_plugins``).
 Panel gives a plugin nothing else, so memwatch attaches itself to the server
 when Bokeh starts it (in every worker with ``--num-procs``), instruments its
 applications and starts sampling.  Options come from ``BOKEH_MEMWATCH_*``
@@ -14,8 +14,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ._bokeh_internals import on_tornado_start
-from .core import MemWatch, options_from_env
-from .panel_admin import install as install_admin_tab
+from .memwatch import MemWatch
+from .options import options_from_env
+from .ui.panel_admin import install as install_admin_tab
 
 if TYPE_CHECKING:
     from bokeh.server.tornado import BokehTornado

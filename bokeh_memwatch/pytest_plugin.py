@@ -14,8 +14,8 @@ Model counts only when proven reachable from a root; one held by a timer
 counts only if still held once the timer was due.
 
 The fixture serves the app on a free loopback port in a background thread
-with memwatch mounted (:class:`bokeh_memwatch.testing.ServerThread`), runs
-:class:`bokeh_memwatch.leakcheck.LeakCheck` (rounds of sessions opened and
+with memwatch mounted (:class:`bokeh_memwatch.testing.server.ServerThread`), runs
+:class:`bokeh_memwatch.testing.leakcheck.LeakCheck` (rounds of sessions opened and
 closed over the websocket and as page loads, one after another and at
 once), stops the server and returns a :class:`LeakReport`.  A failing
 assertion's message has the counts, the reference chain to each holder and
@@ -59,7 +59,7 @@ class LeakReport:
         self.session_errors: dict[str, Any] = app.get("session_errors") or {}
 
     def text(self) -> str:
-        from .leakcheck import render_text
+        from .report.text import render_text
 
         return render_text(self.data)
 
@@ -97,7 +97,7 @@ def _application(app: Any, *, argv: list[str] | None, panel: bool | None) -> tup
         return "/app", Application(FunctionHandler(app))
     path = os.fspath(app)
     if panel is None:
-        from .leakcheck import looks_like_panel
+        from .testing.leakcheck import looks_like_panel
 
         panel = looks_like_panel([path])
     build: Callable[..., Application]
@@ -125,24 +125,25 @@ def memwatch_leak_check() -> Iterator[Callable[..., LeakReport]]:
     def check(
         app: str | os.PathLike[str] | Application | Callable[[Document], None],
         *,
-        sessions: int = 5,
-        rounds: int = 2,
-        tolerance: int = 0,
+        sessions: int | None = None,
+        rounds: int | None = None,
+        tolerance: int | None = None,
         session_args: Mapping[str, str] | None = None,
         argv: list[str] | None = None,
         panel: bool | None = None,
         max_chains: int = 3,
         **server_kwargs: Any,
     ) -> LeakReport:
-        from .core import MemWatch
-        from .leakcheck import CheckOptions, LeakCheck
-        from .testing import ServerThread
+        from .memwatch import MemWatch
+        from .testing.leakcheck import CHECK_MEMWATCH_OPTIONS, CheckOptions, LeakCheck
+        from .testing.server import ServerThread
 
-        options = CheckOptions(sessions=sessions, rounds=rounds, tolerance=tolerance,
+        # None: CheckOptions' default, the one 'bokeh-memwatch check' shows.
+        given = {"sessions": sessions, "rounds": rounds, "tolerance": tolerance}
+        options = CheckOptions(**{k: v for k, v in given.items() if v is not None},
                                session_args=dict(session_args or {}), max_chains=max_chains)
         path, application = _application(app, argv=argv, panel=panel)
-        memwatch = MemWatch(interval_ms=500, orphan_grace_ms=0, gc_min_interval_s=0, history_dir="none",
-                            census_interval_s=0)
+        memwatch = MemWatch(**CHECK_MEMWATCH_OPTIONS)
         server = ServerThread({path: application}, memwatch, **server_kwargs).start()
         servers.append(server)
         try:

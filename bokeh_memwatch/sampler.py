@@ -4,7 +4,7 @@ server's IOLoop and appends one sample to the store per tick.
 Per-tick work is constant for the process collectors and grows with the
 number of sessions for the tracker; it never walks the heap.  The one heavy
 job it starts, verifying destroyed sessions (a reachability scan of a forked
-copy of the heap, see :mod:`bokeh_memwatch.reachability`), runs only when a
+copy of the heap, see :mod:`bokeh_memwatch.heap.reachability`), runs only when a
 destroyed session is unproven past its grace period or its holding timers
 are due, at most once per ``verify_min_interval_s``; the loop pays the
 fork.  A collector that
@@ -21,9 +21,9 @@ from typing import Any
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from .collectors import Collector
-from .store import SampleStore
-from .tracker import SessionLike, SessionTracker
+from .collect.process import Collector
+from .collect.tracker import SessionLike, SessionTracker
+from .store.ring import SampleStore
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,12 @@ class Sampler:
         self._cancel_verify_timer()
         self._verify_at = at
         self._verify_timer = IOLoop.current().call_later(at - now, self._start_verification)
+
+    def verification_due_in_s(self) -> float | None:
+        """ Seconds until the armed verification runs (None: none is armed). """
+        if self._verify_timer is None:
+            return None
+        return round(max(0.0, self._verify_at - time.time()), 3)
 
     def _cancel_verify_timer(self) -> None:
         if self._verify_timer is not None:

@@ -29,10 +29,10 @@ from bokeh.application.handlers.script import ScriptHandler
 from threadpoolctl import threadpool_limits
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.testing import ServerThread, client_session
+from bokeh_memwatch.testing.server import ServerThread, client_session
 
 # The test servers fork heap workers, and the fork policy will not fork over
-# a multi-thread native pool (bokeh_memwatch.heapwork.fork_policy).  As the
+# a multi-thread native pool (bokeh_memwatch.heap.worker.fork_policy).  As the
 # policy advises: server subprocesses get a one-thread OpenBLAS pool, and
 # this process (numpy is loaded already, through the bokeh_memwatch pytest
 # plugin) uses one thread from here on.  The busy-BLAS case runs a server
@@ -90,8 +90,9 @@ def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | N
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             status, raw, hdrs = response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as e:
-        # Closed here: an HTTPError left to a later garbage collection (it sits in a
-        # reference cycle) raises in its finalizer, an unraisable error in whichever test runs then.
+        # Closed here: an unclosed HTTPError's file is closed again when the
+        # garbage collector frees it, in whatever later test, which fails
+        # there as an unraisable "I/O operation on closed file".
         with e:
             status, raw, hdrs = e.code, e.read(), dict(e.headers)
     text = raw.decode("utf-8", "replace")

@@ -79,7 +79,7 @@ def test_verify_stall_smoke(tmp_path: Path) -> None:
 
 def test_memray_bench_smoke_writes_results(tmp_path: Path) -> None:
     """ ``python -m bench.memray_cost --smoke``: the four servers (issue 18) and every figure. """
-    from bokeh_memwatch.memray_backend import have_memray
+    from bokeh_memwatch.heap.memray_backend import have_memray
 
     if not have_memray():
         if os.environ.get("CI"):

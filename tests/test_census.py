@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bokeh_memwatch import chains
-from bokeh_memwatch.advice import census_advice
-from bokeh_memwatch.census import CensusManager, CensusUnavailable, census_job, growing_types, is_generic
-from bokeh_memwatch.core import MemWatch
-from bokeh_memwatch.heapwork import HeapWorker
+from bokeh_memwatch import MemWatch
+from bokeh_memwatch.analyze.advice import census_advice
+from bokeh_memwatch.heap import chains
+from bokeh_memwatch.heap.census import CensusManager, CensusUnavailable, census_job, growing_types, is_generic
+from bokeh_memwatch.heap.worker import HeapWorker
 
 from .conftest import api, dataframe_type, free_port, http, open_and_close_sessions, script_app, wait_until
 from .test_panel_plugin import ENV, needs_plugins, open_pages, panel_argv

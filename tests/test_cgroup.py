@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bokeh_memwatch.cgroup import CgroupMemoryCollector, memory_limit_bytes
-from bokeh_memwatch.limits import LimitGuard
+from bokeh_memwatch.analyze.limits import LimitGuard
+from bokeh_memwatch.collect.cgroup import CgroupMemoryCollector, memory_limit_bytes
 
 from .conftest import api, free_port, wait_until
 from .test_command import ENV, serve_argv

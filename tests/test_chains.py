@@ -1,4 +1,4 @@
-""" Tests for bokeh_memwatch.chains: real objects held by real roots. """
+""" Tests for bokeh_memwatch.heap.chains: real objects held by real roots. """
 from __future__ import annotations
 
 import ast
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from bokeh_memwatch import chains
-from bokeh_memwatch.heapwork import run_isolated
+from bokeh_memwatch.heap import chains
+from bokeh_memwatch.heap.worker import run_isolated
 
 from . import _chain_fixtures as fx
 

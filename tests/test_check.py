@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from bokeh_memwatch.advice import SECTIONS, advise, grows
-from bokeh_memwatch.leakcheck import chain_key, judge, passes
+from bokeh_memwatch.analyze.advice import SECTIONS, advise, grows
+from bokeh_memwatch.analyze.leak_verdict import chain_key, judge, passes
 
 from .conftest import PYTHON, ROOT, api, open_and_close_sessions, script_app, wait_until
 
@@ -253,7 +253,7 @@ def test_advice_endpoint(serve) -> None:
 
 
 def test_cleanup_hooks_are_counted(serve) -> None:
-    from bokeh_memwatch.instrument import own_cleanup_hooks
+    from bokeh_memwatch.collect.app_handler import own_cleanup_hooks
 
     server = serve({"/app": script_app("clean")})
     open_and_close_sessions(server.url + "/app", 2)

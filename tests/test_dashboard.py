@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bokeh_memwatch.dashboard import downsample
+from bokeh_memwatch.ui.dashboard import downsample
 
 from . import _browser
 from ._browser import CHROMIUM, CHROMIUM_ARGS, Page, dashboard

@@ -1,4 +1,4 @@
-""" bokeh_memwatch._frames: another thread's locals, read without changing them.
+""" bokeh_memwatch.heap.frames: another thread's locals, read without changing them.
 
 These run on every Python the CI matrix has (3.10-3.13): each version takes
 a different path (3.10/3.11 raw layout, 3.12 ``PyFrame_GetVar``, 3.13 the
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bokeh_memwatch import _frames
+from bokeh_memwatch.heap import frames as _frames
 
 WAIT_S = 10.0
 

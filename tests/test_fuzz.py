@@ -118,7 +118,7 @@ def test_hostile_bodies_and_forged_headers(serve) -> None:
     """ Nested and oversized JSON to every action; forged Host, Origin,
     Sec-Fetch-Site and proxy headers on every endpoint: never a 5xx, and a
     forged header is refused (403; 405 when tornado refuses the method first). """
-    from bokeh_memwatch.views import host_is_loopback
+    from bokeh_memwatch.http.base import host_is_loopback
 
     server = serve({"/app": script_app("leak_global")}, gc_min_interval_s=0, chain_cache_s=3600)
     ids = open_and_close_sessions(server.url + "/app", 1)

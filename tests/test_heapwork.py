@@ -1,4 +1,4 @@
-""" Tests for bokeh_memwatch.heapwork: real forks, real threads, a real loop. """
+""" Tests for bokeh_memwatch.heap.worker: real forks, real threads, a real loop. """
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bokeh_memwatch.heapwork import (
+from bokeh_memwatch.heap.worker import (
     ForkRefused,
     HeapWorkBusy,
     HeapWorker,

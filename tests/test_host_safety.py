@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from bokeh_memwatch import MemWatch, snapshots
+from bokeh_memwatch import MemWatch
+from bokeh_memwatch.heap import types as snapshot_types
 from bokeh_memwatch.saferepr import class_name
 from tests.apps import host_probe
 
@@ -194,7 +195,7 @@ def test_objects_that_refuse_to_be_looked_at_cost_nothing_but_themselves(serve) 
     api(server.url, "baseline", "POST")
     answer = api(server.url, "types?limit=300&compare=baseline")
     assert answer["types_total"] > 100 and answer["types"], answer
-    rows = {row[0]: row for row in snapshots._type_summary()}
+    rows = {row[0]: row for row in snapshot_types._type_summary()}
     for name in names:
         row = rows[f"tests.apps.host_probe.{name}"]
         assert row[1] >= 1 and row[2] > 0, row

@@ -1,4 +1,4 @@
-""" The memray allocation backend (memray_backend.py, memray_views.py) on a real
+""" The memray allocation backend (heap/memray_backend.py, http/memray.py) on a real
 ``bokeh-memwatch serve`` process with ``--memwatch-allocations memray``.
 
 memray is an optional dependency: without it these tests skip with the reason,
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from bokeh_memwatch.memray_backend import HelperFailed, MemrayBackend, MemrayBusy, have_memray
-from bokeh_memwatch.snapshots import format_report
+from bokeh_memwatch.heap.memray_backend import HelperFailed, MemrayBackend, MemrayBusy, have_memray
+from bokeh_memwatch.report.text import format_report
 
 from .conftest import APPS, PYTHON, ROOT, ProcessServer, api, free_port, http, open_and_close_sessions
 from .test_dashboard import CHROMIUM, CHROMIUM_ARGS
@@ -163,7 +163,7 @@ def test_unavailable_memray_is_one_clear_error(tmp_path: Path) -> None:
     code = (
         "import sys, logging; sys.modules['memray'] = None\n"
         "logging.basicConfig(level=logging.WARNING)\n"
-        "from bokeh_memwatch.memray_backend import MemrayBackend, MemrayUnavailable\n"
+        "from bokeh_memwatch.heap.memray_backend import MemrayBackend, MemrayUnavailable\n"
         "b = MemrayBackend(); b.start()\n"
         "try:\n    b.start_tracking()\nexcept MemrayUnavailable as e:\n    print('UNAVAILABLE', e)\n"
         "print(b.state()['available']); b.stop()\n"
@@ -266,7 +266,7 @@ def test_a_corrupt_capture_is_a_helper_error_not_a_crash() -> None:
 
 
 def test_the_option_from_the_environment_and_its_bounds() -> None:
-    from bokeh_memwatch.core import MemwatchOptions, options_from_env
+    from bokeh_memwatch.options import MemwatchOptions, options_from_env
 
     assert options_from_env({"BOKEH_MEMWATCH_ALLOCATIONS": "memray"}) == {"allocations": "memray"}
     assert MemwatchOptions(**options_from_env({"BOKEH_MEMWATCH_ALLOCATIONS": "memray"})).allocations == "memray"

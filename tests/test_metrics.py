@@ -10,7 +10,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.metrics import METRIC_NAMES
+from bokeh_memwatch.schema import METRIC_NAMES
 
 from .conftest import ROOT, api, free_port, http, open_and_close_sessions, script_app, wait_until
 from .test_command import ENV, serve_argv

@@ -12,7 +12,7 @@ import contextlib
 import pytest
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.testing import client_session
+from bokeh_memwatch.testing.server import client_session
 
 from .conftest import api, open_and_close_sessions, script_app, settle_orphans, wait_until
 

@@ -1,4 +1,4 @@
-""" Tests for bokeh_memwatch.reachability on constructed heaps, scanned in a
+""" Tests for bokeh_memwatch.heap.reachability on constructed heaps, scanned in a
 real forked child (the heap worker), as the tracker scans them. """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from bokeh_memwatch import reachability
-from bokeh_memwatch.heapwork import run_isolated
-from bokeh_memwatch.reachability import NotFrozen, scan_heap, verify_groups
+from bokeh_memwatch.heap import reachability
+from bokeh_memwatch.heap.reachability import NotFrozen, scan_heap, verify_groups
+from bokeh_memwatch.heap.worker import run_isolated
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 

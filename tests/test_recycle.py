@@ -26,14 +26,9 @@ from typing import Any
 import pytest
 
 from bokeh_memwatch import MemWatch, MemwatchOptions
-from bokeh_memwatch.recycle import (
-    RECYCLE_EXIT_STATUS,
-    Recycler,
-    detect_supervisor,
-    parse_recycle_at,
-    parse_size,
-)
-from bokeh_memwatch.registry import WorkerRegistry
+from bokeh_memwatch.analyze.limits import parse_recycle_at, parse_size
+from bokeh_memwatch.cluster.recycle import RECYCLE_EXIT_STATUS, Recycler, detect_supervisor
+from bokeh_memwatch.store.registry import WorkerRegistry
 from tests.conftest import ROOT, free_port, http, open_and_close_sessions, script_app, wait_until
 
 CLI = str(Path(sys.executable).parent / "bokeh-memwatch")
@@ -716,7 +711,7 @@ def test_a_worker_waits_while_another_drains_and_serves_on_if_rss_falls(tmp_path
 def test_command_line_options_reach_memwatch_options() -> None:
     import argparse
 
-    from bokeh_memwatch.command import MemwatchServe
+    from bokeh_memwatch.cli.serve import MemwatchServe
 
     parser = argparse.ArgumentParser()
     serve = MemwatchServe(parser=parser)
@@ -750,7 +745,7 @@ def test_readme_kubernetes_and_systemd_examples_are_valid() -> None:
 
     import yaml  # type: ignore[import-untyped]
 
-    from bokeh_memwatch.command import MemwatchServe
+    from bokeh_memwatch.cli.serve import MemwatchServe
 
     parser = argparse.ArgumentParser()
     serve = MemwatchServe(parser=parser)

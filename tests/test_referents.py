@@ -6,15 +6,15 @@ import subprocess
 import sys
 import textwrap
 
-from bokeh_memwatch.referents import get_referents
+from bokeh_memwatch.heap.referents import get_referents
 
 #: A finished Future iterated once puts a FutureIter on _asyncio's free list;
 #: reading the module's referents then (gc.get_referents on 3.12, gh-122695)
 #: hands out that freed object, and the next collection hangs or crashes.
 HAZARD = textwrap.dedent("""
     import asyncio, gc, sys
-    from bokeh_memwatch.referents import get_referents
-    from bokeh_memwatch.snapshots import _type_summary
+    from bokeh_memwatch.heap.referents import get_referents
+    from bokeh_memwatch.heap.types import _type_summary
     loop = asyncio.new_event_loop()
     future = loop.create_future()
     future.set_result(1)
@@ -28,7 +28,7 @@ HAZARD = textwrap.dedent("""
     assert any(name == "module(_asyncio)" for name, _, _ in rows), rows[:20]
     # The reachability scan and the census walk every tracked object too,
     # in batches (gc.get_referents(*batch)): that module is in one of them.
-    from bokeh_memwatch.reachability import scan_heap
+    from bokeh_memwatch.heap.reachability import scan_heap
     gc.disable()
     with scan_heap(frozen=False) as heap:
         assert heap.fate(id(module)).state == "reachable"

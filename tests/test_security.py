@@ -18,7 +18,7 @@ import pytest
 from bokeh.server.auth_provider import AuthModule
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.collectors import default_collectors
+from bokeh_memwatch.collect.process import default_collectors
 
 from .conftest import PYTHON, ROOT, api, free_port, http, open_and_close_sessions, script_app, wait_until
 
@@ -383,7 +383,7 @@ def test_host_check_on_an_ipv6_loopback_server(serve) -> None:
 
 def _every_get_url(base: str, sid: str) -> list[str]:
     """ Every GET endpoint of ``GET api/`` (and the dashboard page), ids filled in. """
-    from bokeh_memwatch.views import ENDPOINTS
+    from bokeh_memwatch.routes import ENDPOINTS
 
     paths = {e["path"].split("?")[0].replace("<session_id>", sid).replace("<id>", "baseline")
              for e in ENDPOINTS if e["method"] == "GET"}
@@ -443,7 +443,7 @@ def test_forwarded_requests_are_not_loopback_clients(serve) -> None:
 
 def test_the_chain_cache_is_bounded_by_size_and_age(serve) -> None:
     mw = MemWatch(interval_ms=100, orphan_grace_ms=0, gc_min_interval_s=0, chain_cache_s=3600)
-    mw.chain_cache_entries = 3
+    mw.why_alive.cache_entries = 3
     server = serve({"/app": script_app("leak_global")}, memwatch=mw)
     ids = open_and_close_sessions(server.url + "/app", 5)
     wait_until(lambda: api(server.url, "summary")["sessions_destroyed_total"] >= 5)
@@ -452,7 +452,7 @@ def test_the_chain_cache_is_bounded_by_size_and_age(serve) -> None:
     for sid in ids:
         assert not api(server.url, f"orphans/{sid}/chain", "POST")["cached"]
     # Size: the three newest answers are kept, the oldest went first.
-    assert server.call(lambda: list(mw._chain_cache)) == ids[2:]
+    assert server.call(lambda: list(mw.why_alive.cache)) == ids[2:]
     for sid in ids[:2]:
         api(server.url, f"orphans/{sid}/chain", expect=404)
     for sid in ids[2:]:
@@ -465,10 +465,10 @@ def test_the_chain_cache_is_bounded_by_size_and_age(serve) -> None:
     api(server2.url, "gc", "POST")
     wait_until(lambda: api(server2.url, "summary")["orphans"] == 2, what="2 orphans")
     api(server2.url, f"orphans/{first}/chain", "POST")
-    assert server2.call(lambda: first in young._chain_cache)
+    assert server2.call(lambda: first in young.why_alive.cache)
     time.sleep(0.6)  # past chain_cache_s: a lower bound, not a race
     api(server2.url, f"orphans/{second}/chain", "POST")
-    assert server2.call(lambda: list(young._chain_cache)) == [second]
+    assert server2.call(lambda: list(young.why_alive.cache)) == [second]
 
 
 # -- issue 14: what a browser gets (error_pages.py) ------------------------------------------

@@ -18,9 +18,12 @@ from typing import Any
 import pytest
 
 from bokeh_memwatch import MemWatch
-from bokeh_memwatch.heapwork import HeapWorker
-from bokeh_memwatch.snapshots import REPORT_FORMAT, SnapshotManager, diff_summaries, format_report
-from bokeh_memwatch.testing import ServerThread
+from bokeh_memwatch.heap.snapshots import SnapshotManager
+from bokeh_memwatch.heap.types import diff_summaries
+from bokeh_memwatch.heap.worker import HeapWorker
+from bokeh_memwatch.report.bug_report import REPORT_FORMAT
+from bokeh_memwatch.report.text import format_report
+from bokeh_memwatch.testing.server import ServerThread
 
 from .conftest import PYTHON, api, http, open_and_close_sessions, script_app, wait_until
 
@@ -66,7 +69,7 @@ def download(url: str) -> tuple[int, dict[str, str], bytes]:
         with urllib.request.urlopen(url, timeout=60) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as e:
-        with e:  # closed now, not by a later collection (see conftest.http)
+        with e:  # see conftest.http
             return e.code, dict(e.headers), e.read()
 
 

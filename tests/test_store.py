@@ -4,7 +4,8 @@ import threading
 
 import pytest
 
-from bokeh_memwatch.store import PROCESS_FIELDS, SampleStore
+from bokeh_memwatch.schema import PROCESS_FIELDS
+from bokeh_memwatch.store.ring import SampleStore
 
 
 def test_ring_keeps_the_newest_samples_oldest_first() -> None:

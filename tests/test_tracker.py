@@ -11,8 +11,8 @@ from bokeh.document import Document
 from bokeh.models import ColumnDataSource
 from bokeh.plotting import figure
 
-from bokeh_memwatch.heapwork import run_isolated
-from bokeh_memwatch.tracker import LiveSession, SessionTracker, column_bytes, source_bytes, verification_job
+from bokeh_memwatch.collect.tracker import LiveSession, SessionTracker, column_bytes, source_bytes, verification_job
+from bokeh_memwatch.heap.worker import run_isolated
 
 
 class Clock:

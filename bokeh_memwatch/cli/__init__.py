@@ -1,0 +1,1 @@
+""" The ``bokeh-memwatch`` command: one module per subcommand. """

@@ -125,7 +125,7 @@ class Monitor:
             self.heap_worker, max_snapshots=options.max_snapshots, max_snapshot_bytes=options.max_snapshot_bytes,
             types_min_interval_s=options.types_min_interval_s, timeout_s=options.snapshot_timeout_s,
         )
-        #: The memray allocation backend (issue 18; start() makes its directory and,
+        #: The memray allocation backend (start() makes its directory and,
         #: with ``allocations="memray"``, starts its tracker: one per serving process).
         self.memray = MemrayBackend(max_captures=options.max_snapshots, max_capture_bytes=options.max_snapshot_bytes,
                                     timeout_s=options.snapshot_timeout_s)

@@ -196,7 +196,7 @@ class ReportHandler(SnapshotHandler):
         no_query_args(self, ("chains",))
         max_chains = int_arg(self, "chains", 5, lo=0, hi=50)
         report = await self.run(build_report(self.manager, self.memwatch, max_chains=max_chains))
-        # issue 18: a "memray" section (state, and the window closed now) when memray tracks.
+        # a "memray" section (state, and the window closed now) when memray tracks.
         memray = self.memwatch.memray
         if memray.tracking:
             report = merge_json_objects(report, render_json({"memray": await memray.report_section()}, indent=1))

@@ -85,7 +85,7 @@ def format_report(report: Mapping[str, Any], *, limit: int = 15) -> str:
             out.append(f"  ({data['error']})")
         else:
             out.append(format_allocators(data.get("allocators", [])[:limit]))
-    memray = report.get("memray")  # issue 18: the memray backend's section (heap/memray_backend.py)
+    memray = report.get("memray")  # the memray backend's section (heap/memray_backend.py)
     if memray is not None:
         allocators = memray.get("allocators") or {}
         capture = allocators.get("capture") or {}

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = (
+    "held_property_value",
     "http_server_of",
     "on_server_start",
     "on_tornado_start",
@@ -63,6 +64,30 @@ def server_settings(app: BokehTornado) -> dict[str, Any]:
         "mem_log_frequency_ms": app._mem_log_frequency_milliseconds,
         "prefix": app.prefix,
     }
+
+
+#: Where a HasProps instance keeps its property values: set ones, then the
+#: containers Bokeh made for a themed or a default value when first read.
+_VALUE_DICTS = ("_property_values", "_unstable_themed_values", "_unstable_default_values")
+
+
+def held_property_value(obj: Any, name: str) -> Any:
+    """ The value ``obj`` (a Bokeh ``HasProps``) holds for property ``name``,
+    or None when it holds none, read without side effects.
+
+    Reading the attribute (``source.data``) of a property that holds no
+    value makes Bokeh create the default and store it on the object (a new
+    empty ``PropertyValueColumnData`` for ``data``); that is what a Model of
+    a destroyed session looks like, since ``Document.destroy`` calls
+    ``Model.destroy``, which clears ``_property_values``.  memwatch must not
+    change the objects it inspects, so it reads the dicts where HasProps
+    keeps its values (private; no public accessor avoids the default).
+    """
+    for attr in _VALUE_DICTS:
+        values = getattr(obj, attr, None)
+        if isinstance(values, dict) and name in values:
+            return values[name]
+    return None
 
 
 def on_tornado_start(hook: Callable[[BokehTornado], None]) -> None:

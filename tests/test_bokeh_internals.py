@@ -121,3 +121,22 @@ def test_instrument_adds_one_handler_per_application() -> None:
     apps = mw.instrument({"/clean": app})
     mw.instrument(apps)
     assert sum(type(h).__name__ == "MemwatchAppHandler" for h in app.handlers) == 1
+
+
+def test_held_property_value_reads_without_creating_defaults() -> None:
+    import numpy as np
+    from bokeh.models import ColumnDataSource
+
+    from bokeh_memwatch._bokeh_internals import held_property_value
+
+    x = np.zeros(10)
+    source = ColumnDataSource(data={"x": x})
+    held = held_property_value(source, "data")
+    assert held is not None and held["x"] is x, "HasProps no longer keeps set values in _property_values"
+    source.destroy()  # what Document.destroy does to every Model of a destroyed session
+    assert held_property_value(source, "data") is None, "Model.destroy no longer clears _property_values"
+    assert "data" not in source._unstable_default_values
+    # The Bokeh behaviour the helper avoids: reading the attribute stores a default.
+    assert source.data == {}
+    assert held_property_value(source, "data") == {}, "Bokeh no longer stores read defaults in _unstable_default_values"
+    assert held_property_value(source, "no_such_property") is None

@@ -28,6 +28,8 @@ COMMON = ["--sessions", str(N), "--max-chains", "2"]
 #: name -> (argv after "bokeh-memwatch check", expected exit code); JSON output unless "text".
 CASES: dict[str, tuple[list[str], int]] = {
     "leak_global_text": (["tests/apps/leak_global.py", *COMMON], 1),
+    # Orphans whose sources a leaked callback refills after Bokeh cleared them.
+    "leak_stream_text": (["tests/apps/leak_stream.py", *COMMON], 1),
     "leak_logging": (["tests/apps/leak_logging.py", *COMMON, "--json"], 1),
     "leak_last_session": (["tests/apps/leak_last_session.py", *COMMON, "--json"], 1),
     "panel_leak_models": (["tests/apps/panel_leak_models.py", *COMMON, "--json"], 1),
@@ -127,6 +129,20 @@ def test_bounded_leak_is_told_from_a_growing_one(cli) -> None:
     assert ".LAST" in report["chains"][0]["text"]
     ids = {a["id"] for a in report["advice"]}
     assert "bounded-retention" in ids and "retention-grows" not in ids
+
+
+def test_check_text_counts_the_bytes_orphans_hold_in_sources(cli) -> None:
+    # leak_stream: each orphan's ColumnDataSource holds 2 x 10k float64 again
+    # once its never-stopped callback refilled it.
+    from bokeh_memwatch.units import format_bytes
+    from tests.apps.leak_stream import DATA_BYTES
+
+    result = cli["leak_stream_text"]
+    assert result["rc"] == 1, result["stdout"] + result["stderr"]
+    per = [line for line in result["stdout"].splitlines() if "retained per closed session:" in line]
+    assert per and "1 Documents" in per[0] and f", {format_bytes(DATA_BYTES)};" in per[0], result["stdout"]
+    rounds = [line for line in result["stdout"].splitlines() if line.strip().startswith("after round")]
+    assert rounds and all("0 B in ColumnDataSources" not in line for line in rounds), result["stdout"]
 
 
 def test_panel_models_leak_without_the_document(cli) -> None:

@@ -8,13 +8,15 @@ API what is still alive and why.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import pytest
+from bokeh.application import Application
 
 from bokeh_memwatch import MemWatch
 from bokeh_memwatch.testing.server import client_session
 
-from .conftest import api, open_and_close_sessions, script_app, settle_orphans, wait_until
+from .conftest import ROOT, api, open_and_close_sessions, script_app, settle_orphans, wait_until
 
 N = 3
 
@@ -142,3 +144,51 @@ def test_per_model_work_runs_in_its_own_callback(serve) -> None:
 
         assert server.call(tick_now) == -1.0
         wait_until(lambda: server.call(lambda: sampler.last_refresh_ms) >= 0, what="the refresh callback")
+
+
+def test_orphan_data_bytes_are_what_its_sources_hold(serve) -> None:
+    # Bokeh clears a destroyed session's Models; leak_stream's never-stopped
+    # callback then sets its source's data again: 2 x 10k float64 per orphan.
+    from tests.apps.leak_stream import DATA_BYTES
+
+    server = serve({"/app": script_app("leak_stream")}, gc_min_interval_s=0)
+    ids = open_and_close_sessions(server.url + "/app", 2)
+    settle_orphans(server.url, 2)
+
+    def orphans_with_data() -> list[dict[str, Any]]:
+        rows = api(server.url, "orphans")["orphans"]
+        return rows if len(rows) == 2 and all(r["data_bytes"] == DATA_BYTES for r in rows) else []
+
+    rows = wait_until(orphans_with_data, what="both orphans holding their sources' data")
+    assert sorted(r["session_id"] for r in rows) == sorted(ids)
+    assert all(r["model_types"].get("ColumnDataSource") == 1 for r in rows), rows
+    wait_until(lambda: api(server.url, "summary")["apps"]["/app"]["data_bytes"] == 2 * DATA_BYTES,
+               what="the app's data_bytes")
+    assert api(server.url, "summary")["data_bytes"] == 2 * DATA_BYTES
+
+
+def test_destroyed_sources_are_read_without_being_changed(serve) -> None:
+    # The README demo's global leak keeps (Document, ColumnDataSource); Bokeh
+    # cleared the source's data at destroy, so it holds 0 bytes, and reading it
+    # must not make Bokeh store a fresh default ``data`` on the host's object.
+    from bokeh.application.handlers.directory import DirectoryHandler
+
+    from bokeh_memwatch._bokeh_internals import held_property_value
+    from demo_app import leaks
+
+    server = serve({"/demo_app": Application(DirectoryHandler(filename=str(ROOT / "demo_app")))},
+                   gc_min_interval_s=0)
+    try:
+        ids = open_and_close_sessions(server.url + "/demo_app", 2, {"leak": "global"})
+        orphans = settle_orphans(server.url, 2)["orphans"]
+        assert sorted(o["session_id"] for o in orphans) == sorted(ids)
+        assert all(o["data_bytes"] == 0 and o["model_types"].get("ColumnDataSource") == 1 for o in orphans), orphans
+        api(server.url, "summary")  # one more full reconcile: every figure read again
+
+        def untouched() -> list[tuple[Any, Any]]:
+            return [(held_property_value(source, "data"), source._unstable_default_values.get("data"))
+                    for _, source in leaks.CACHE]
+
+        assert server.call(untouched) == [(None, None), (None, None)]
+    finally:
+        leaks.reset()

@@ -195,20 +195,35 @@ def column_bytes(value: Any) -> int:
 
 
 _source_type: type[Any] | None = None
+_held_value: Callable[[Any, str], Any] | None = None
 
 
 def source_bytes(model: Any) -> int:
-    """ Bytes held in a ColumnDataSource's ``data`` (0 for other Models). """
-    global _source_type  # noqa: PLW0603 - imported once, lazily: bokeh.models is heavy
-    if _source_type is None:
+    """ Bytes held in a ColumnDataSource's ``data`` (0 for other Models, and
+    for a source that holds no ``data``).
+
+    Reads the value the source holds without creating one: a Model of a
+    destroyed session has had its properties cleared by Bokeh
+    (``Document.destroy`` -> ``Model.destroy``), and ``model.data`` would
+    then store a new empty default on the host's object.  Such a source
+    holds 0 bytes until someone sets its ``data`` again (a leaked callback
+    that keeps updating it, for example).
+    """
+    global _source_type, _held_value
+    if _source_type is None or _held_value is None:
         from bokeh.models import ColumnDataSource
 
-        _source_type = ColumnDataSource
+        # (_bokeh_internals imports bokeh.server, which this module does not.)
+        from .._bokeh_internals import held_property_value
+
+        _source_type, _held_value = ColumnDataSource, held_property_value
     if not isinstance(model, _source_type):
         return 0
     try:
-        data = model.data
-        return sum(column_bytes(column) for column in data.values())
+        data = _held_value(model, "data")
+        if not isinstance(data, dict):
+            return 0
+        return sum(column_bytes(column) for column in list(data.values()))
     except Exception:
         return 0
 

@@ -17,7 +17,9 @@ watchers, DataFrames and arrays.  The census finds them by growth:
   A cache that one session fills once and every later session shares does
   not grow between censuses: bounded, not a leak;
 * for the largest growing types the job names the holder chain of one
-  instance (:func:`bokeh_memwatch.heap.chains.find_chain`) and the bytes
+  instance, new since the census compared with (:class:`IdFilter`), so
+  the chain explains the growth
+  (:func:`bokeh_memwatch.heap.chains.find_chain`), and the bytes
   reachable from it (pympler ``asizeof``, an upper bound: shared objects are
   included).
 

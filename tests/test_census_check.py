@@ -105,15 +105,16 @@ def test_growth_with_models_only_points_at_them(checks) -> None:
     report = result["report"]
     assert result["rc"] == 1 and report is not None, result
     assert report["documents_retained"] == 0 and report["models_retained"] >= 4
-    item = _census_item(report)
-    if item is not None:  # (the census may find no application type growing besides the Models)
-        assert "no Document or Model" not in item["evidence"], item
-        assert "retained without their Document" in item["evidence"], item
+    item = _census_item(report)  # the retained Models' own types grow, at least
+    assert item is not None, report["advice"]
+    assert "no Document or Model" not in item["evidence"], item
+    assert f"retain {report['models_retained']} Model(s) without their Document" in item["evidence"], item
+    assert "retained Models" in item["title"], item
 
 
 ROW = {"type": "bokeh.models.sources.ColumnDataSource", "generic": False, "growth_per_session": 1,
        "bytes_per_session": 200.0, "holder": "module m -> .CACHE (list) -> [0] -> ColumnDataSource",
-       "holder_instance_new": True}
+       "holder_complete": True, "holder_instance_new": True}
 
 
 def test_census_advice_wording_for_each_case() -> None:
@@ -124,7 +125,7 @@ def test_census_advice_wording_for_each_case() -> None:
     panel_row = {**ROW, "type": "panel.widgets.tables.Tabulator"}
     (panel,) = census_advice("/a", {"growing": [panel_row], "closed_between": 4})
     assert "4 Document(s)" in docs["evidence"] and "no Document" not in docs["evidence"]
-    assert "8 Model(s) retained without their Document" in models["evidence"]
+    assert "retain 8 Model(s) without their Document" in models["evidence"]
     assert "no Document or Model of the destroyed sessions is retained" in plain["evidence"]
     assert plain["severity"] == "error" and ".CACHE" in plain["evidence"]
     assert "param" not in plain["fix"]  # nothing of Panel seen
@@ -132,4 +133,8 @@ def test_census_advice_wording_for_each_case() -> None:
     # A chain drawn from an instance older than the first census explains nothing.
     (old,) = census_advice("/a", {"growing": [{**ROW, "holder_instance_new": False}], "closed_between": 4})
     assert "held by" not in old["evidence"]
+    # Nor does a chain that reached no root.
+    (rootless,) = census_advice("/a", {"growing": [{**ROW, "holder": "ndarray (incomplete: no_root)",
+                                                     "holder_complete": False}], "closed_between": 4})
+    assert "held by" not in rootless["evidence"]
     assert census_advice("/a", {"growing": [], "closed_between": 4}) == []  # a clean app

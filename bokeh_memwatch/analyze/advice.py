@@ -398,14 +398,18 @@ def census_advice(app: str | None, census: Mapping[str, Any], *, documents: int 
     )
     # A chain explains the growth only when its instance is new since the
     # first census (None: not known, an older census).
-    held = next((r for r in rows if r.get("holder") and r.get("holder_instance_new") is not False), None)
+    # A chain that reached no root names no holder.
+    held = next((r for r in rows if r.get("holder") and r.get("holder_complete")
+                 and r.get("holder_instance_new") is not False), None)
     holder = f" One new {held['type']} is held by: {held['holder']}." if held else ""
     where = f"{app}: " if app else ""
     over = (f"(census of what a full collection keeps, over {census.get('closed_between')} closed "
             f"session(s))")
+    modules = {r["type"].split(".", 1)[0] for r in rows}
+    param = bool(modules & set(_PARAM_PACKAGES))
     if documents > 0 or models > 0:
         what = (f"{documents} Document(s)" if documents > 0
-                else f"{models} Model(s) retained without their Document")
+                else f"{models} Model(s) without their Document")
         return [_item(
             "types-grow-with-sessions", "warning",
             f"Objects of some types grow with the retained {'Documents' if documents > 0 else 'Models'}",
@@ -415,10 +419,8 @@ def census_advice(app: str | None, census: Mapping[str, Any], *, documents: int 
             "Fix what holds the retained " + ("Documents (the 'why alive' chains of the orphans)"
                                               if documents > 0 else "Models (their 'why alive' chains)")
             + ", then measure again: a type that still grows with closed sessions is held by something else.",
-            "references" if documents > 0 else "panel", app,
+            "panel" if param and not documents else "references", app,
         )]
-    modules = {r["type"].split(".", 1)[0] for r in rows}
-    param = bool(modules & set(_PARAM_PACKAGES))
     fix = ("A process-wide object keeps per-session objects: a cache keyed by session, a list or dict "
            "in an imported module, a callback registered on a shared object. Follow the holder chain, "
            "release the session's entries in on_session_destroyed, or bound the cache.")

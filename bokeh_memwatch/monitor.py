@@ -467,11 +467,17 @@ class Monitor:
 
         summary = self.summary()
         orphans = self.orphans()
-        grown = census_advice(None, self.census.state()) if rounds is None else []
+        proven = proven_leaks(orphans)
+        grown = census_advice(
+            None, self.census.state(),
+            documents=sum(1 for r in proven if r.get("status") == "orphan"),
+            models=sum(int(r.get("models_proven") or r.get("models") or 0)
+                       for r in proven if r.get("status") == "models_retained"),
+        ) if rounds is None else []
         return grown + advise(
             summary,
             sessions=self.sessions(),
-            retained=proven_leaks(orphans),
+            retained=proven,
             history=self.history(since=None, limit=history_limit),
             cleanup_hooks=self.cleanup_hooks(),
             rounds=rounds,

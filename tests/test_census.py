@@ -146,7 +146,8 @@ def test_manager_rate_limit_and_no_fork() -> None:
 def test_advice_only_from_application_types() -> None:
     assert census_advice("/a", {"growing": [{"type": "dict", "generic": True}]}) == []
     row = {"type": "pandas.core.frame.DataFrame", "generic": False, "growth_per_session": 1,
-           "bytes_per_session": 2e6, "holder": "module m -> .PREFS (Prefs) -> … -> DataFrame"}
+           "bytes_per_session": 2e6, "holder": "module m -> .PREFS (Prefs) -> … -> DataFrame",
+           "holder_complete": True}
     (item,) = census_advice("/a", {"growing": [row], "closed_between": 5})
     assert item["id"] == "types-grow-with-sessions" and item["severity"] == "error"
     assert ".PREFS" in item["evidence"] and "DataFrame" in item["evidence"]

@@ -372,10 +372,23 @@ def _data_hogs(sessions: Sequence[Mapping[str, Any]], retained: Sequence[Mapping
 # -- the census: types growing with closed sessions ---------------------------------
 
 
-def census_advice(app: str | None, census: Mapping[str, Any]) -> list[dict[str, Any]]:
+#: Modules whose growing types say the app is built on Panel/param/HoloViews
+#: (then the param-watcher advice applies).
+_PARAM_PACKAGES = ("param", "panel", "holoviews", "hvplot", "datashader")
+
+
+def census_advice(app: str | None, census: Mapping[str, Any], *, documents: int = 0,
+                  models: int = 0) -> list[dict[str, Any]]:
     """ Advice from a census (``bokeh-memwatch check``'s per-app census
     report, or ``CensusManager.state()`` of a live server, ``app`` None):
-    application types whose count grows with closed sessions. """
+    application types whose count grows with closed sessions.
+
+    Args:
+        documents: Documents of destroyed sessions proven retained (orphans)
+            when the census was taken: the growing types then include what
+            they hold, and the advice points at them instead.
+        models: Models proven retained without their Document (Panel).
+    """
     rows = [r for r in census.get("growing") or () if not r.get("generic")]
     if not rows:
         return []
@@ -383,18 +396,45 @@ def census_advice(app: str | None, census: Mapping[str, Any]) -> list[dict[str, 
         f"{r['type']} +{r['growth_per_session']:g}/session ({format_bytes(r['bytes_per_session'])}/session)"
         for r in rows[:5]
     )
-    held = next((r for r in rows if r.get("holder")), None)
-    holder = f" One {held['type']} is held by: {held['holder']}." if held else ""
+    # A chain explains the growth only when its instance is new since the
+    # first census (None: not known, an older census).
+    # A chain that reached no root names no holder.
+    held = next((r for r in rows if r.get("holder") and r.get("holder_complete")
+                 and r.get("holder_instance_new") is not False), None)
+    holder = f" One new {held['type']} is held by: {held['holder']}." if held else ""
     where = f"{app}: " if app else ""
+    over = (f"(census of what a full collection keeps, over {census.get('closed_between')} closed "
+            f"session(s))")
+    modules = {r["type"].split(".", 1)[0] for r in rows}
+    param = bool(modules & set(_PARAM_PACKAGES))
+    if documents > 0 or models > 0:
+        what = (f"{documents} Document(s)" if documents > 0
+                else f"{models} Model(s) without their Document")
+        return [_item(
+            "types-grow-with-sessions", "warning",
+            f"Objects of some types grow with the retained {'Documents' if documents > 0 else 'Models'}",
+            f"{where}{len(rows)} type(s) grow in proportion to closed sessions, and destroyed sessions "
+            f"retain {what}: {shown} {over}. What those retained objects hold grows with them, so this "
+            f"growth is not a separate finding until they are freed.{holder}",
+            "Fix what holds the retained " + ("Documents (the 'why alive' chains of the orphans)"
+                                              if documents > 0 else "Models (their 'why alive' chains)")
+            + ", then measure again: a type that still grows with closed sessions is held by something else.",
+            "panel" if param and not documents else "references", app,
+        )]
+    fix = ("A process-wide object keeps per-session objects: a cache keyed by session, a list or dict "
+           "in an imported module, a callback registered on a shared object. Follow the holder chain, "
+           "release the session's entries in on_session_destroyed, or bound the cache.")
+    if param:
+        fix += (" Panel/param types grow: a param watcher or a .param reference to a shared "
+                "Parameterized (widgets created with value=SHARED.param.x link both ways) keeps them; "
+                "unwatch in pn.state.on_session_destroyed or pass plain values instead of shared .param "
+                "references.")
     return [_item(
         "types-grow-with-sessions", "error",
         "Objects of some types grow with every closed session",
         f"{where}{len(rows)} type(s) grow in proportion to closed sessions although no Document or Model "
-        f"need be left: {shown} (census of what a full collection keeps, over "
-        f"{census.get('closed_between')} closed session(s)).{holder}",
-        "A process-wide object keeps per-session objects: a param watcher or a .param reference to a "
-        "shared Parameterized (Panel widgets created with value=SHARED.param.x link both ways), a cache "
-        "keyed by session, a list in an imported module. Unwatch in pn.state.on_session_destroyed, pass "
-        "plain values instead of shared .param references, or bound the cache.",
-        "panel", app,
+        f"of the destroyed sessions is retained: {shown} {over}.{holder}",
+        fix, "panel" if param else "references", app,
     )]
+
+

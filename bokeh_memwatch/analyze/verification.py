@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from ..collect.tracker import VERIFIED_BY_COLLECTIONS, VERIFIED_BY_SCAN, SessionTracker, verification_job
-from ..heap.worker import HeapWorkBusy, HeapWorker
+from ..heap.worker import ForkPlan, HeapWorkBusy, HeapWorker
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,22 @@ class Verifier:
         #: The last verification's figures; ``fallback_reason``: why verdicts
         #: cannot come from a forked scan.
         self.state: dict[str, Any] = {"runs": 0, "last_error": None, "fallback_reason": plan.refused}
+        self._warned = False
+        self._warn_fallback(plan)
+
+    def _warn_fallback(self, plan: ForkPlan) -> None:
+        """ Log, once per server, why verdicts fall back to the collector's
+        schedule when the fork policy refuses (an unsafe native thread pool:
+        the reason names the pools and the fix).  Not when fork is asked
+        off (``heap_fork`` "never") or missing: nothing to fix then. """
+        if self._warned or plan.technique == "fork" or not plan.refused:
+            return
+        if plan.mode == "never" or not hasattr(os, "fork"):
+            return
+        self._warned = True
+        log.warning("memwatch: destroyed sessions are verified by the collector's schedule, not by a scan "
+                    "of a forked copy of the heap, and no census of live objects can be taken: %s",
+                    plan.refused)
 
     @property
     def technique(self) -> str:
@@ -59,6 +75,7 @@ class Verifier:
             # heap_fork "never", no os.fork): verdicts fall back, and say why.
             self.tracker.exact = False
             self.state["fallback_reason"] = plan.refused
+            self._warn_fallback(plan)
             return
         self.tracker.exact = True
         self.state["fallback_reason"] = None

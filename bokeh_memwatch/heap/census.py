@@ -17,7 +17,9 @@ watchers, DataFrames and arrays.  The census finds them by growth:
   A cache that one session fills once and every later session shares does
   not grow between censuses: bounded, not a leak;
 * for the largest growing types the job names the holder chain of one
-  instance (:func:`bokeh_memwatch.heap.chains.find_chain`) and the bytes
+  instance, new since the census compared with (:class:`IdFilter`), so
+  the chain explains the growth
+  (:func:`bokeh_memwatch.heap.chains.find_chain`), and the bytes
   reachable from it (pympler ``asizeof``, an upper bound: shared objects are
   included).
 
@@ -34,6 +36,7 @@ format; they change together.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import gc
@@ -55,6 +58,7 @@ __all__ = (
     "BUILTIN_MODULES",
     "CensusManager",
     "CensusUnavailable",
+    "IdFilter",
     "census_job",
     "growing_types",
     "is_generic",
@@ -88,6 +92,11 @@ MAX_POINTS = 8
 
 #: Untracked atoms: generic (never a verdict), too many to count one by one.
 _ATOMS = frozenset({str, int, float, bool, bytes, complex, type(None), type(Ellipsis), range, slice})
+
+#: Bits of the filter of the ids a census saw (:class:`IdFilter`), per
+#: object counted, and at most (256 KiB: a few per kept census).
+ID_FILTER_BITS_PER_OBJECT = 32
+ID_FILTER_MAX_BITS = 1 << 21
 
 #: Niceness added to the census child (a lower CPU priority than the server).
 CHILD_NICENESS = 10
@@ -147,6 +156,52 @@ def _shallow_size(obj: object, python_sizeof: dict[type, bool] | None = None) ->
         return int(sys.getsizeof(obj))
     except Exception:
         return 0
+
+
+class IdFilter:
+    """ The ids of the application objects one census counted, as a
+    one-hash Bloom filter (a bitmap of ``bits`` bits): ``id in filter`` is
+    False for an object that was not alive then (unless its address is
+    reused or hashes like one that was: a few percent at most), True for one
+    that was.  The next census picks the instance that explains a growing
+    type among objects absent from it: new since then, so made by the
+    sessions closed since (see :func:`_pick_instances`).  JSON form:
+    ``{"bits": int, "data": base64}``. """
+
+    __slots__ = ("bits", "data")
+
+    def __init__(self, bits: int, data: bytearray | None = None) -> None:
+        self.bits = max(64, int(bits))
+        self.data = data if data is not None else bytearray((self.bits + 7) // 8)
+
+    @classmethod
+    def for_count(cls, count: int) -> IdFilter:
+        return cls(min(ID_FILTER_MAX_BITS, max(1024, count * ID_FILTER_BITS_PER_OBJECT)))
+
+    def _slot(self, ident: int) -> int:
+        # Addresses are 16-byte aligned: drop the constant bits, then mix.
+        return ((ident >> 4) * 0x9E3779B97F4A7C15 >> 17) % self.bits
+
+    def add(self, ident: int) -> None:
+        slot = self._slot(ident)
+        self.data[slot >> 3] |= 1 << (slot & 7)
+
+    def __contains__(self, ident: object) -> bool:
+        if not isinstance(ident, int):
+            return False
+        slot = self._slot(ident)
+        return bool(self.data[slot >> 3] & (1 << (slot & 7)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bits": self.bits, "data": base64.b64encode(bytes(self.data)).decode("ascii")}
+
+    @classmethod
+    def from_json(cls, value: Any) -> IdFilter | None:
+        """ The filter, or None for anything else (an older census). """
+        try:
+            return cls(int(value["bits"]), bytearray(base64.b64decode(value["data"])))
+        except Exception:
+            return None
 
 
 # -- growth (pure) ------------------------------------------------------------------
@@ -221,17 +276,21 @@ def census_job(
     :class:`bokeh_memwatch.heap.reachability.NotFrozen` elsewhere).
 
     Args:
-        previous: an earlier census ``{"closed", "counts"}`` to compare with
-            (its growing types get a chain and a size), or None.
+        previous: an earlier census ``{"closed", "counts", "ids"}`` to
+            compare with (its growing types get a chain and a size; the
+            instance chosen to explain one is new since it when ``ids``, its
+            :class:`IdFilter`, allows), or None.
         closed: sessions closed so far (the server's counter).
         roots: :func:`chains.capture_roots`, taken just before the fork.
         explain: growing types to explain at most.
 
     Returns:
         ``{"closed", "counts": {type: [count, bytes]}`` (application types
-        only, see :func:`is_generic`), ``"generic_types", "objects", "tracked",
-        "garbage", "scan_s", "count_s", "explained": {type: {"chain",
-        "root", "complete", "reason", "text", "instance_bytes"}}}``.
+        only, see :func:`is_generic`), ``"ids"`` (:meth:`IdFilter.to_json` of
+        the application objects counted), ``"generic_types", "objects",
+        "tracked", "garbage", "scan_s", "count_s", "explained": {type:
+        {"chain", "root", "complete", "reason", "text", "instance_bytes",
+        "new"}}}`` (``new``: the instance was not alive at ``previous``).
     """
     from .reachability import NotFrozen, scan_heap
 
@@ -268,18 +327,26 @@ def census_job(
     # (then the base size is taken), 0 if C, -1 if memwatch's own type].
     by_type: dict[type, list[int]] = {}
 
+    # The ids of the application objects counted (for :class:`IdFilter`).
+    app_ids: list[int] = []
+    app_key: dict[str, bool] = {}
+
     def new_row(kind: type) -> list[int]:
-        key_for(kind)  # (sets own[kind])
+        key = key_for(kind)  # (sets own[kind])
         if own[kind]:
-            return [0, 0, -1]
-        return [0, 0, 1 if isinstance(getattr(kind, "__sizeof__", None), types.FunctionType) else 0]
+            return [0, 0, -1, 0]
+        return [0, 0, 1 if isinstance(getattr(kind, "__sizeof__", None), types.FunctionType) else 0,
+                0 if is_generic(key) else 1]
 
     def add(key: str, obj: object) -> None:
         row = counts.get(key)
         if row is None:
             row = counts[key] = [0, 0]
+            app_key[key] = not is_generic(key)
         row[0] += 1
         row[1] += _shallow_size(obj, python_sizeof)
+        if app_key[key]:
+            app_ids.append(id(obj))
 
     with scan_heap() as heap:
         scan_s = heap.elapsed_s
@@ -298,6 +365,8 @@ def census_job(
             tracked += 1
             row[0] += 1
             row[1] += object_sizeof(obj) if row[2] else getsizeof(obj)
+            if row[3]:
+                app_ids.append(id(obj))
             # Untracked objects (arrays, extension objects) are counted once,
             # through the survivors that refer to them; atoms (str, int...)
             # are generic and skipped without bookkeeping.
@@ -325,20 +394,25 @@ def census_job(
             growing = growing_types([previous, {"closed": closed, "counts": counts}])
             wanted = {row["type"] for row in growing[:explain]}
         if wanted:
-            samples = _pick_instances(objects, reachable, wanted, young=young, key_of=key_of)
+            before = IdFilter.from_json(previous.get("ids")) if previous is not None else None
+            samples = _pick_instances(objects, reachable, wanted, young=young, key_of=key_of, before=before)
         objects = reachable = None  # type: ignore[assignment]
         n_objects = len(heap)
         garbage = heap.garbage_count()
     untracked_seen.clear()
+    seen_ids = IdFilter.for_count(len(app_ids))
+    for ident in app_ids:
+        seen_ids.add(ident)
+    app_ids.clear()
     try:
         share_s = chain_deadline_s / max(1, len(samples))
         for key in sorted(samples):
-            instance, target = samples.pop(key)
+            instance, target, new = samples.pop(key)
             found = chains.find_chain(target, roots=roots, max_depth=chain_depth, deadline_s=share_s)
             explained[key] = {
                 "chain": found["chain"], "root": found["root"], "complete": found["complete"],
                 "reason": found["reason"], "text": chains.format_chain(found),
-                "instance_bytes": _asizeof(instance),
+                "instance_bytes": _asizeof(instance), "new": new,
             }
             del instance, target
     finally:
@@ -349,7 +423,8 @@ def census_job(
     for key in generic:
         del counts[key]
     return {
-        "closed": closed, "counts": counts, "generic_types": len(generic), "objects": n_objects,
+        "closed": closed, "counts": counts, "ids": seen_ids.to_json(), "generic_types": len(generic),
+        "objects": n_objects,
         "tracked": tracked, "garbage": garbage,
         "scan_s": round(scan_s, 3), "count_s": round(count_s, 3), "explained": explained,
     }
@@ -411,14 +486,17 @@ def _untracked_pairs(obj: object) -> list[tuple[Any, Any]]:
 
 def _pick_instances(
     objects: list[Any], reachable: bytearray, wanted: set[str], *, young: int, key_of: Mapping[type, str],
+    before: IdFilter | None = None,
 ) -> dict[str, Any]:
     """ One instance per wanted type, as ``(instance, object whose chain is
-    searched)`` (a view for a base array), the one most likely to belong to a
-    closed session rather than to the process: the largest (shallow size)
-    among those made since the last collections, else the largest among
-    all, the latest on ties (an old shared instance sits early in the
-    oldest generation). """
-    best: dict[str, tuple[int, int, int, Any, Any]] = {}
+    searched, new)``  (a view for a base array), the one most likely to
+    belong to a closed session rather than to the process: first among
+    those whose id the earlier census (``before``) did not see (``new``:
+    made since, as the growth is), then among those made since the last
+    collections, then the largest (shallow size), the latest on ties (an
+    old shared instance sits early in the oldest generation).  Without
+    ``before``, ``new`` is None. """
+    best: dict[str, tuple[int, int, int, int, Any, Any]] = {}
     for i in range(len(objects)):
         if not reachable[i]:
             continue
@@ -427,12 +505,13 @@ def _pick_instances(
         for counted, target in candidates:
             key = key_of.get(type(counted), "")
             if key in wanted:
-                rank = (1 if i < young else 0, _shallow_size(counted), i)
-                if key not in best or rank >= best[key][:3]:
+                rank = (0 if before is None or id(counted) in before else 1, 1 if i < young else 0,
+                        _shallow_size(counted), i)
+                if key not in best or rank >= best[key][:4]:
                     best[key] = (*rank, counted, target)
         candidates.clear()
     obj = counted = target = None
-    return {key: (entry[3], entry[4]) for key, entry in best.items()}
+    return {key: (entry[4], entry[5], None if before is None else bool(entry[0])) for key, entry in best.items()}
 
 
 def _asizeof(obj: object) -> int | None:
@@ -593,6 +672,7 @@ class CensusManager:
         point = {
             "time": time.time(), "closed": closed, "live": live, "counts": value["counts"],
             "objects": value.get("objects"), "tracked": value.get("tracked"), "garbage": value.get("garbage"),
+            "ids": value.get("ids"),
         }
         self.points.append(point)
         del self.points[:-MAX_POINTS]
@@ -603,7 +683,8 @@ class CensusManager:
     def _baseline(self) -> dict[str, Any] | None:
         """ The census to compare the next one with: the oldest kept. """
         points = self._after_sessions()
-        return {"closed": points[0]["closed"], "counts": points[0]["counts"]} if points else None
+        return ({"closed": points[0]["closed"], "counts": points[0]["counts"], "ids": points[0].get("ids")}
+                if points else None)
 
     def _after_sessions(self) -> list[dict[str, Any]]:
         """ The censuses taken after at least one session closed: growth is
@@ -623,6 +704,7 @@ class CensusManager:
             row["holder"] = info.get("text") if info else None
             row["holder_complete"] = bool(info.get("complete")) if info else False
             row["instance_bytes"] = info.get("instance_bytes") if info else None
+            row["holder_instance_new"] = info.get("new") if info else None
         return rows
 
     def state(self) -> dict[str, Any]:

@@ -117,7 +117,7 @@ def format_report(report: Mapping[str, Any], *, limit: int = 15) -> str:
 # -- the leak check --------------------------------------------------------------------
 
 
-def _census_lines(census: Mapping[str, Any]) -> list[str]:
+def _census_lines(census: Mapping[str, Any], documents: int = 0, models: int = 0) -> list[str]:
     if not census.get("ran"):
         reason = "; ".join(census.get("errors") or ()) or "not run"
         return [f"  census of live objects by type: not taken ({reason}); only Documents and Models were checked"]
@@ -125,13 +125,18 @@ def _census_lines(census: Mapping[str, Any]) -> list[str]:
     if not growing:
         return [f"  census of live objects by type: no type grew with the {census.get('closed_between')} "
                 "session(s) closed between the first and the last round"]
-    lines = ["  types growing with closed sessions (census):"]
+    retained = (f"{documents} Document(s)" if documents else f"{models} Model(s)" if models else "")
+    lines = ["  types growing with closed sessions (census" + (f"; they include what the {retained} retained "
+                                                               "by destroyed sessions hold" if retained else "")
+             + "):"]
     for row in growing[:10]:
         lines.append(f"    {row['type']}: +{row['growth_per_session']:g} per session, "
                      f"{format_bytes(row['bytes_per_session'])} per session (shallow), {row['count']} alive")
         if row.get("holder"):
             size = row.get("instance_bytes")
-            lines.append(f"      held by: {row['holder']}"
+            label = ("held by" if row.get("holder_instance_new") is not False
+                     else "held by (an instance older than the first census)")
+            lines.append(f"      {label}: {row['holder']}"
                          + (f" ({format_bytes(size)} reachable from one)" if size else ""))
     return lines
 
@@ -159,7 +164,8 @@ def render_text(report: Mapping[str, Any]) -> str:
         )
         if app["model_types"]:
             lines.append("  retained Model types: " + ", ".join(f"{n} {t}" for t, n in app["model_types"].items()))
-        lines.extend(_census_lines(app.get("census") or {}))
+        lines.extend(_census_lines(app.get("census") or {}, int(app.get("documents_retained") or 0),
+                                   int(app.get("models_retained") or 0)))
         for error in app["app_errors"]:
             head, _, rest = str(error).partition("\n")
             lines.append(f"  app error: {head}")

@@ -55,6 +55,7 @@ from ..analyze.leak_verdict import VERDICTS, census_chains, combine, dedupe_chai
 from ..collect.process import ProcessCollector
 from ..collect.tracker import TIMER_MARGIN_S
 from ..heap.census import CensusManager
+from ..heap.worker import ForkRefused
 from ..schema import PROVEN_STATES, UNJUDGED_STATES
 
 if TYPE_CHECKING:
@@ -248,7 +249,8 @@ class LeakCheck:
         chains = self.chains(app_path, rows)
         advice = [a for a in self.call(lambda: self.memwatch.advice(rounds={app_path: rounds}))
                   if a.get("app") in (app_path, None)]
-        grown = census_advice(app_path, census_report)
+        grown = census_advice(app_path, census_report, documents=int(last["documents"]),
+                              models=int(last.get("models_without_document") or 0))
         if grown:  # the census names what RSS grows with
             advice = [a for a in advice if a.get("id") != "rss-grows-untracked"]
         advice = [*grown, *advice]
@@ -568,8 +570,18 @@ class LeakCheck:
         try:
             self.wait_coroutine(lambda: census.run(force=True), timeout_s)
         except Exception as e:
-            errors.append(f"{type(e).__name__}: {e}")
-            log.warning("memwatch check: census failed: %s", e)
+            # Each reason once: the same refusal after every round is one fact.
+            message = f"{type(e).__name__}: {e}"
+            if message in errors:
+                return None
+            errors.append(message)
+            if isinstance(e, ForkRefused):
+                # The server logged the fork policy's reason at start (see
+                # analyze/verification.py); the report gives it once.
+                log.warning("memwatch check: census of live objects not taken: the fork policy refused "
+                            "to fork (reason in the report and the server's warning)")
+            else:
+                log.warning("memwatch check: census failed: %s", e)
             return None
         point = census.points[-1]
         return {"objects": point.get("objects"), "tracked": point.get("tracked"),
